@@ -1,0 +1,31 @@
+"""hf_ilp: find what a fine-tuned model failed to learn, why, and fix it.
+
+Public names are imported lazily so that `import hf_ilp` stays cheap and one optional part
+(the FP4 extension, the sentence encoder) never slows down or breaks another.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    # diagnosis contracts
+    "CAUSES": "hf_ilp.diagnosis.report",
+    "DiagnosisReport": "hf_ilp.diagnosis.report",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_ilp' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
