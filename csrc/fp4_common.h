@@ -1,0 +1,78 @@
+// Argument checking, group layout and output allocation shared by the CPU op (fp4_cpu.cpp) and
+// the CUDA binding (fp4_cuda_binding.cpp). Uses torch; the kernels themselves do not.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+#include <tuple>
+
+#include "fp4_core.h"
+
+namespace hf_ilp_fp4 {
+
+// A tensor seen as `rows` x `cols` (cols = last dim); groups of `gsize` consecutive elements of a
+// row, `gpr` groups per row, the last one possibly shorter. Tensor granularity: 1 x numel.
+struct Layout {
+  int64_t rows = 0, cols = 0, gsize = 1, gpr = 0;
+  int64_t numel() const { return rows * cols; }
+  int64_t groups() const { return rows * gpr; }
+};
+
+inline int parse_mode(const std::string& mode) {
+  if (mode == "max") return kMax;
+  if (mode == "half") return kHalf;
+  if (mode == "halfs") return kHalfS;
+  if (mode == "mse") return kMse;
+  TORCH_CHECK(false, "hf_ilp::fp4_quantize: mode must be one of 'max', 'half', 'halfs', 'mse', got '",
+              mode, "'");
+}
+
+inline Layout make_layout(const at::Tensor& x, int64_t group_size) {
+  TORCH_CHECK(group_size > 0 || group_size == -1 || group_size == 0,
+              "hf_ilp::fp4_quantize: group_size must be a positive block size, -1 (row) or 0 "
+              "(tensor), got ", group_size);
+  Layout L;
+  const int64_t n = x.numel();
+  if (group_size == 0) {
+    L.rows = 1;
+    L.cols = n;
+    L.gsize = n > 0 ? n : 1;
+    L.gpr = 1;
+    return L;
+  }
+  L.cols = x.dim() > 0 ? x.size(-1) : 1;
+  L.rows = L.cols > 0 ? n / L.cols : 0;
+  L.gsize = group_size > 0 ? group_size : (L.cols > 0 ? L.cols : 1);
+  L.gpr = (L.cols + L.gsize - 1) / L.gsize;
+  return L;
+}
+
+struct Prepared {
+  at::Tensor x;       // float32, contiguous
+  at::Tensor out;     // float32, contiguous
+  at::Tensor codes;   // uint8 packed codes, or empty
+  at::Tensor scales;  // float32 (groups,)
+  Layout layout;
+  int mode;
+};
+
+inline Prepared prepare(const at::Tensor& x, const std::string& mode, int64_t group_size,
+                        bool return_codes) {
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
+              "hf_ilp::fp4_quantize: x must be a floating-point tensor, got ", x.scalar_type());
+  Prepared p;
+  p.mode = parse_mode(mode);
+  p.layout = make_layout(x, group_size);
+  p.x = x.to(at::kFloat).contiguous();
+  p.out = at::empty_like(p.x, at::MemoryFormat::Contiguous);
+  p.codes = at::zeros({return_codes ? (x.numel() + 1) / 2 : 0}, x.options().dtype(at::kByte));
+  p.scales = at::empty({p.layout.groups()}, x.options().dtype(at::kFloat));
+  return p;
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& x, Prepared& p) {
+  at::Tensor out = p.out.to(x.scalar_type());
+  return {out, p.codes, p.scales};
+}
+
+}  // namespace hf_ilp_fp4
