@@ -13,6 +13,12 @@ _EXPORTS = {
     # diagnosis contracts
     "CAUSES": "hf_ilp.diagnosis.report",
     "DiagnosisReport": "hf_ilp.diagnosis.report",
+    # CPI-FT (fusion)
+    "slerp": "hf_ilp.fusion.slerp",
+    "core_regions": "hf_ilp.fusion.core",
+    "group_tasks": "hf_ilp.fusion.core",
+    "fuse_checkpoints": "hf_ilp.fusion.fuse",
+    "load_cores": "hf_ilp.fusion.fuse",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

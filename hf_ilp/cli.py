@@ -11,6 +11,7 @@ from importlib import import_module
 
 _SUBCOMMANDS = [
     "hf_ilp.world.cli",
+    "hf_ilp.fusion.cli",
 ]
 
 

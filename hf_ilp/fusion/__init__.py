@@ -1,0 +1,30 @@
+"""CPI-FT: core parameter isolation with SLERP fusion (METHODS.md section 2).
+
+Stages, each usable alone: `train_probes` (one SFT per task) -> `core_regions` (top-p% of
+|theta_task - theta_base|) -> `group_tasks` (Jaccard >= tau, connected components) ->
+`fuse_checkpoints` (core transplant + per-tensor `slerp`, streamed) -> `CPIFTTrainer`
+(pipelined SFT over the groups with earlier groups' cores frozen).
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "slerp": "hf_ilp.fusion.slerp",
+    "core_regions": "hf_ilp.fusion.core",
+    "core_overlap": "hf_ilp.fusion.core",
+    "group_tasks": "hf_ilp.fusion.core",
+    "fuse_checkpoints": "hf_ilp.fusion.fuse",
+    "FusionResult": "hf_ilp.fusion.fuse",
+    "load_cores": "hf_ilp.fusion.fuse",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_ilp.fusion' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

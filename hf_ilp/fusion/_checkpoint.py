@@ -1,0 +1,210 @@
+"""Tensor-by-tensor access to saved safetensors checkpoints, with memory bounded by one tensor.
+
+Why not `safetensors.safe_open`: it memory-maps each shard, and every page a `get_tensor` call
+touches stays mapped (and counted in the process's RSS) until the file is closed, so reading a
+400 MB shard tensor by tensor still grows RSS by 400 MB. Here the safetensors header (8-byte
+little-endian length, JSON table of dtype/shape/data_offsets) is parsed once and each tensor is
+read with one `readinto` into a fresh buffer that the caller owns and frees. Writing likewise
+streams: the header of an output shard is known before any data (shapes and dtypes come from
+the base checkpoint), so tensors are appended one by one and never collected into a dict.
+"""
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import torch
+
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+_INDEX = "model.safetensors.index.json"
+_SINGLE = "model.safetensors"
+
+
+class _Entry:
+    __slots__ = ("name", "shard", "dtype", "shape", "begin", "end")
+
+    def __init__(self, name, shard, dtype, shape, begin, end):
+        self.name, self.shard, self.dtype, self.shape, self.begin, self.end = name, shard, dtype, shape, begin, end
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def _read_header(path: Path):
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{path} is not a safetensors file (shorter than 8 bytes)")
+        (n,) = struct.unpack("<Q", raw)
+        header = json.loads(f.read(n))
+    return 8 + n, header
+
+
+class Checkpoint:
+    """A saved model folder (`save_pretrained` layout): config.json + one or more safetensors shards.
+
+    `entries` lists every tensor in shard order, then data order within each shard; `read(name)`
+    returns a fresh tensor. Missing or unreadable shards raise before anything is read.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"checkpoint folder {self.path} does not exist; pass a save_pretrained folder")
+        config = self.path / "config.json"
+        self.config = json.loads(config.read_text()) if config.is_file() else {}
+        index = self.path / _INDEX
+        if index.is_file():
+            self.index = json.loads(index.read_text())
+            weight_map = self.index.get("weight_map") or {}
+            shards = list(dict.fromkeys(weight_map.values()))
+        elif (self.path / _SINGLE).is_file():
+            self.index, weight_map, shards = None, None, [_SINGLE]
+        else:
+            raise FileNotFoundError(f"{self.path} holds no {_SINGLE} and no {_INDEX}; save the model with safetensors")
+        missing = [s for s in shards if not (self.path / s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"checkpoint {self.path}: shard(s) {missing} listed in {_INDEX} are missing")
+        self.shards = shards
+        self.entries: dict[str, _Entry] = {}
+        self.data_start: dict[str, int] = {}
+        for shard in shards:
+            start, header = _read_header(self.path / shard)
+            self.data_start[shard] = start
+            items = [(k, v) for k, v in header.items() if k != "__metadata__"]
+            for name, info in sorted(items, key=lambda kv: kv[1]["data_offsets"][0]):
+                if info["dtype"] not in _DTYPES:
+                    raise ValueError(f"{self.path / shard}: tensor {name!r} has unsupported dtype {info['dtype']}")
+                if weight_map is not None and weight_map.get(name) != shard:
+                    raise ValueError(f"{self.path}: tensor {name!r} is in {shard} but {_INDEX} maps it to {weight_map.get(name)}")
+                b, e = info["data_offsets"]
+                self.entries[name] = _Entry(name, shard, info["dtype"], tuple(info["shape"]), b, e)
+        if weight_map is not None:
+            absent = sorted(set(weight_map) - set(self.entries))
+            if absent:
+                raise ValueError(f"{self.path}: tensors {absent[:5]} are in {_INDEX} but in no shard")
+        self._files = {}
+
+    def read(self, name: str) -> torch.Tensor:
+        """A fresh tensor holding `name` (one read; the caller owns the memory)."""
+        e = self.entries[name]
+        buf = torch.empty(e.end - e.begin, dtype=torch.uint8)
+        f = self._files.get(e.shard)
+        if f is None:
+            f = self._files[e.shard] = open(self.path / e.shard, "rb", buffering=0)
+        f.seek(self.data_start[e.shard] + e.begin)
+        if f.readinto(memoryview(buf.numpy())) != buf.numel():
+            raise OSError(f"{self.path / e.shard}: truncated data for tensor {name!r}")
+        return buf.view(_DTYPES[e.dtype]).reshape(e.shape)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ShardWriter:
+    """Writes one safetensors shard whose tensor table is fixed up front, data appended in order."""
+
+    def __init__(self, path, entries, metadata=None):
+        self.path = Path(path)
+        self.entries = list(entries)  # (name, dtype_str, shape, nbytes) in write order
+        header = {"__metadata__": dict(metadata or {"format": "pt"})}
+        offset = 0
+        for name, dtype, shape, nbytes in self.entries:
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * ((-len(raw)) % 8)  # the format aligns data to 8 bytes
+        self._f = open(self.path, "wb")
+        self._f.write(struct.pack("<Q", len(raw)) + raw)
+        self._next = 0
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        exp_name, dtype, shape, nbytes = self.entries[self._next]
+        if name != exp_name or _NAMES.get(tensor.dtype) != dtype or tuple(tensor.shape) != tuple(shape):
+            raise ValueError(f"{self.path}: expected {exp_name} {dtype} {tuple(shape)}, got {name} {tensor.dtype} {tuple(tensor.shape)}")
+        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+        self._f.write(memoryview(data.numpy()))
+        self._next += 1
+
+    def abort(self) -> None:
+        """Close after a failure (the caller discards the folder)."""
+        self._f.close()
+
+    def close(self) -> None:
+        complete = self._next == len(self.entries)
+        self._f.close()
+        if not complete:
+            raise RuntimeError(f"{self.path}: only {self._next} of {len(self.entries)} tensors written")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The safetensors name of a torch dtype."""
+    return _NAMES[dtype]
+
+
+class StateDictSource:
+    """An in-memory model or state dict behind the same interface as `Checkpoint`."""
+
+    def __init__(self, model_or_state):
+        state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
+        config = getattr(model_or_state, "config", None)
+        self.path = f"<in-memory {type(model_or_state).__name__}>"
+        self.config = config.to_dict() if hasattr(config, "to_dict") else {}
+        self.index = None
+        self._state = {n: t.detach() for n, t in state.items()}
+        self.entries = {}
+        for n, t in self._state.items():
+            if t.dtype not in _NAMES:
+                raise ValueError(f"tensor {n!r} has unsupported dtype {t.dtype}")
+            self.entries[n] = _Entry(n, None, _NAMES[t.dtype], tuple(t.shape), 0, t.numel() * t.element_size())
+        self.shards = []
+
+    def read(self, name: str) -> torch.Tensor:
+        return self._state[name].to("cpu", copy=True)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_source(obj):
+    """`Checkpoint` for a folder path, `StateDictSource` for a model or a state dict."""
+    if isinstance(obj, (Checkpoint, StateDictSource)):
+        return obj
+    if isinstance(obj, (str, os.PathLike)):
+        return Checkpoint(obj)
+    if isinstance(obj, torch.nn.Module) or isinstance(obj, dict):
+        return StateDictSource(obj)
+    raise TypeError(f"expected a checkpoint folder, a model or a state dict, got {type(obj).__name__}")
