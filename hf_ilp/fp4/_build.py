@@ -28,7 +28,7 @@ CPU_SOURCES = ("fp4_cpu.cpp",)
 CUDA_SOURCES = ("fp4_cuda.cu", "fp4_cuda_binding.cpp")
 HEADERS = ("fp4_core.h", "fp4_common.h", "fp4_kernels.h")
 CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fno-math-errno"]
-CUDA_CFLAGS = ["-O3", "--fmad=false", "-gencode=arch=compute_90,code=sm_90"]
+CUDA_CFLAGS = ["-O3", "--fmad=false"]  # architectures: torch's default (the visible GPUs)
 
 
 def csrc_dir() -> Path:
