@@ -13,12 +13,29 @@ _EXPORTS = {
     # diagnosis contracts
     "CAUSES": "hf_ilp.diagnosis.report",
     "DiagnosisReport": "hf_ilp.diagnosis.report",
+    # tracking: per-sample learning records and the exact learn-check
+    "LearnTracker": "hf_ilp.tracking",
+    "LearnTrackerConfig": "hf_ilp.tracking",
+    "check_learned": "hf_ilp.tracking",
+    "load_records": "hf_ilp.tracking",
+    # Hub: cards, push, report loading
+    "load_report": "hf_ilp.hub",
+    "prepare_push": "hf_ilp.hub",
+    "push_run": "hf_ilp.hub",
+    "HubPushError": "hf_ilp.hub",
+    "DiagnosisCardMixin": "hf_ilp.hub",
     # CPI-FT (fusion)
     "slerp": "hf_ilp.fusion.slerp",
     "core_regions": "hf_ilp.fusion.core",
     "group_tasks": "hf_ilp.fusion.core",
     "fuse_checkpoints": "hf_ilp.fusion.fuse",
     "load_cores": "hf_ilp.fusion.fuse",
+    # Half-S FP4 training
+    "HalfSConfig": "hf_ilp.fp4",
+    "FP4Linear": "hf_ilp.fp4",
+    "convert_to_halfs_fp4_training": "hf_ilp.fp4",
+    "HalfSFP4TrainerMixin": "hf_ilp.fp4",
+    "quantize_fp4": "hf_ilp.fp4",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,0 +1,262 @@
+"""The exact learn-check (METHODS 1.1): did the model learn a sample, judged in one forward pass.
+
+Greedy decoding reproduces a completion exactly if and only if, under teacher forcing, the argmax
+at every completion position (EOS included) is the target token. Sampling at temperature T
+reproduces it with probability p = exp(sum_t log softmax(z_t / T)[y_t]), so at least one of N
+samples does with probability 1 - (1 - p)^N. Both come out of one batched forward pass, with no
+`generate` loop and no sampling noise.
+
+Rows are tokenized exactly as TRL's `SFTTrainer` tokenizes them (so the verdict is about the
+sequence the model was trained on):
+
+- prompt-completion (`prompt`, `completion`): the completion gets the EOS token appended when it
+  lacks it (non-conversational rows), and starts where the tokenized prompt and the tokenized
+  prompt+completion diverge (`trl.data_utils.common_prefix_length`);
+- conversational prompt-completion (lists of messages): prompt rendered with the generation
+  prompt, prompt+completion rendered as one conversation;
+- conversational `messages`: the last message must be the assistant's answer; it is the
+  completion and the messages before it are the prompt;
+- already tokenized (`input_ids` with `completion_mask` or `labels`): taken as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+from trl.data_utils import common_prefix_length, is_conversational
+
+__all__ = ["check_learned"]
+
+
+@dataclass
+class _Rows:
+    """Tokenized rows: token ids and a 0/1 target mask (1 = a completion token to reproduce)."""
+
+    ids: list[list[int]]
+    targets: list[list[int]]
+    names: list[str]
+    stages: list[int]
+    hashes: list[str]
+
+    def n_targets(self) -> np.ndarray:
+        return np.array([sum(t[1:]) for t in self.targets], dtype=np.int64)
+
+
+def row_hash(ids) -> str:
+    """Stable 16-hex-digit hash of a row's token ids: how the tracker recognizes a row in a batch."""
+    return hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=8).hexdigest()
+
+
+def _render(tokenizer, value, chat_template, tools=None, chat_template_kwargs=None, **kwargs) -> list[int]:
+    if isinstance(value, list):
+        out = tokenizer.apply_chat_template(
+            value,
+            tokenize=True,
+            return_dict=True,
+            chat_template=chat_template,
+            tools=tools,
+            **(chat_template_kwargs or {}),
+            **kwargs,
+        )
+        return list(out["input_ids"])
+    return list(tokenizer(text=value)["input_ids"])
+
+
+def _tokenize_example(example: dict, tokenizer, chat_template=None) -> tuple[list[int], list[int]]:
+    if "input_ids" in example:
+        ids = list(example["input_ids"])
+        if example.get("completion_mask") is not None:
+            targets = [int(bool(m)) for m in example["completion_mask"]]
+        elif example.get("labels") is not None:
+            targets = [int(label != -100) for label in example["labels"]]
+        else:
+            targets = [1] * len(ids)
+        return ids, targets
+    if "prompt" not in example and "messages" in example:
+        messages = example["messages"]
+        if not messages or messages[-1].get("role") != "assistant":
+            raise ValueError(
+                "a `messages` row must end with the assistant's answer (the completion to check); got a "
+                f"last message with role {messages[-1].get('role') if messages else None!r}"
+            )
+        example = {**example, "prompt": messages[:-1], "completion": messages[-1:]}
+    if "prompt" not in example or "completion" not in example:
+        raise ValueError(
+            "check_learned needs rows with `prompt` and `completion`, conversational `messages`, or "
+            f"`input_ids` with `completion_mask`/`labels`; got columns {sorted(example)}"
+        )
+    extra = {"tools": example.get("tools"), "chat_template_kwargs": example.get("chat_template_kwargs")}
+    if is_conversational(example):
+        prompt_ids = _render(tokenizer, example["prompt"], chat_template, add_generation_prompt=True, **extra)
+        full_ids = _render(tokenizer, example["prompt"] + example["completion"], chat_template, **extra)
+    else:
+        completion = example["completion"]
+        if tokenizer.eos_token and not completion.endswith(tokenizer.eos_token):
+            completion = completion + tokenizer.eos_token
+        prompt_ids = _render(tokenizer, example["prompt"], chat_template)
+        full_ids = _render(tokenizer, example["prompt"] + completion, chat_template)
+    start = common_prefix_length(prompt_ids, full_ids)
+    return full_ids, [0] * start + [1] * (len(full_ids) - start)
+
+
+def tokenize_rows(dataset, tokenizer, max_length=None, truncation_mode="keep_start", chat_template=None) -> _Rows:
+    """Tokenize `dataset` like TRL's SFTTrainer; names come from an `id` column, else the row hash."""
+    ids, targets = [], []
+    for example in dataset:
+        row_ids, row_targets = _tokenize_example(example, tokenizer, chat_template)
+        if max_length is not None and len(row_ids) > max_length:
+            if truncation_mode not in ("keep_start", "keep_end"):
+                raise ValueError(f"truncation_mode must be 'keep_start' or 'keep_end', got {truncation_mode!r}")
+            sl = slice(None, max_length) if truncation_mode == "keep_start" else slice(-max_length, None)
+            row_ids, row_targets = row_ids[sl], row_targets[sl]
+        row_targets = [0] + row_targets[1:]  # the first token is never predicted
+        ids.append(row_ids)
+        targets.append(row_targets)
+    columns = getattr(dataset, "column_names", None) or []
+    hashes = [row_hash(r) for r in ids]
+    names = [str(x) for x in dataset["id"]] if "id" in columns else list(hashes)
+    stages = [int(s) for s in dataset["stage"]] if "stage" in columns else [-1] * len(ids)
+    return _Rows(ids, targets, names, stages, hashes)
+
+
+def _accepts(model, name: str) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return name in inspect.signature(base.forward).parameters
+
+
+@torch.no_grad()
+def score_rows(
+    model, rows: _Rows, indices, batch_size=32, num_samples=5, temperature=1.0, progress=True, desc="learn-check"
+) -> dict[str, np.ndarray]:
+    """Teacher-forced scores of `rows[indices]` (each with at least one target) in batched forward passes.
+
+    Rows are sorted by length and left-padded so that only the last positions' logits are computed
+    (`logits_to_keep`): the cost is one forward of the prompt+completion per row.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    n = len(indices)
+    out = {
+        "nll": np.full(n, np.nan),
+        "token_acc": np.full(n, np.nan),
+        "exact": np.zeros(n, dtype=bool),
+        "p_gold": np.full(n, np.nan),
+        "p_sample": np.full(n, np.nan),
+    }
+    if n == 0:
+        out["pass_at_n"] = np.zeros(0)
+        return out
+    device = next(model.parameters()).device
+    keep_logits = _accepts(model, "logits_to_keep")
+    lengths = np.array([len(rows.ids[i]) for i in indices])
+    order = np.argsort(-lengths, kind="stable")
+    was_training = model.training
+    model.eval()
+    try:
+        for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
+            pos = order[start : start + batch_size]
+            batch = [int(indices[p]) for p in pos]
+            width = max(len(rows.ids[i]) for i in batch)
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            tmask = torch.zeros(len(batch), width, dtype=torch.bool)
+            attn = torch.zeros(len(batch), width, dtype=torch.long)
+            first_target = width
+            for b, i in enumerate(batch):
+                row, tgt = rows.ids[i], rows.targets[i]
+                off = width - len(row)
+                ids[b, off:] = torch.tensor(row)
+                tmask[b, off:] = torch.tensor(tgt, dtype=torch.bool)
+                attn[b, off:] = 1
+                first_target = min(first_target, off + tgt.index(1))
+            keep = width - first_target + 1  # logits at positions first_target-1 .. width-1
+            kwargs = {"attention_mask": attn.to(device), "position_ids": (attn.cumsum(-1) - 1).clamp(min=0).to(device)}
+            if keep_logits:
+                kwargs["logits_to_keep"] = keep
+            logits = model(input_ids=ids.to(device), use_cache=False, **kwargs).logits[:, -keep:-1].float()
+            target_ids = ids[:, width - keep + 1 :].to(device)
+            mask = tmask[:, width - keep + 1 :].to(device)
+            logp = torch.log_softmax(logits, dim=-1)
+            lp = logp.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1).masked_fill(~mask, 0.0)
+            top1 = (logits.argmax(-1) == target_ids) | ~mask
+            count = mask.sum(-1).double()
+            lp_sum = lp.double().sum(-1)
+            if temperature == 1.0:
+                lpt_sum = lp_sum
+            else:
+                lpt = torch.log_softmax(logits / temperature, dim=-1).gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)
+                lpt_sum = lpt.masked_fill(~mask, 0.0).double().sum(-1)
+            out["nll"][pos] = (-lp_sum / count).cpu().numpy()
+            out["token_acc"][pos] = (((top1 & mask).sum(-1)) / count).cpu().numpy()
+            out["exact"][pos] = top1.all(-1).cpu().numpy()
+            out["p_gold"][pos] = lp_sum.exp().cpu().numpy()
+            out["p_sample"][pos] = lpt_sum.exp().cpu().numpy()
+    finally:
+        model.train(was_training)
+    out["pass_at_n"] = pass_at_n(out["p_sample"], num_samples)
+    return out
+
+
+def pass_at_n(p, n: int) -> np.ndarray:
+    """1 - (1 - p)^n, computed stably for tiny p."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.expm1(n * np.log1p(-np.clip(p, 0.0, 1.0)))
+
+
+def check_learned(
+    model,
+    tokenizer,
+    dataset,
+    batch_size: int = 32,
+    num_samples: int = 5,
+    temperature: float = 1.0,
+    max_length: int | None = None,
+    chat_template: str | None = None,
+    progress: bool = True,
+) -> Dataset:
+    """Exact learn-check of every row of `dataset` (METHODS 1.1), one forward pass per row.
+
+    Returns a `Dataset` with one row per input row: `id` (the `id` column, else a hash of the
+    tokens), `exact` (greedy decoding reproduces the completion, EOS included), `p_gold`
+    (probability of the whole completion at temperature 1), `p_sample` (probability that one
+    sample at `temperature` reproduces it), `pass_at_n` (at least one of `num_samples` samples at
+    `temperature` does: 1 - (1 - p_sample)^N), `nll` (mean completion-token NLL), `token_acc`
+    (share of completion tokens that are the argmax) and `n_completion_tokens`.
+
+    Example:
+        >>> from hf_ilp import check_learned
+        >>> verdict = check_learned(model, tokenizer, dataset)  # prompt-completion or messages rows
+        >>> verdict.filter(lambda r: not r["exact"])["id"]  # what greedy decoding fails to reproduce
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 (use the `exact` column for greedy decoding), got {temperature}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    rows = tokenize_rows(dataset, tokenizer, max_length=max_length, chat_template=chat_template)
+    n_targets = rows.n_targets()
+    empty = [rows.names[i] for i in np.flatnonzero(n_targets == 0)]
+    if empty:
+        raise ValueError(
+            f"{len(empty)} row(s) have no completion token to check (empty completion, or truncated away by "
+            f"max_length={max_length}): {empty[:10]}{' ...' if len(empty) > 10 else ''}. Remove them or raise max_length."
+        )
+    scores = score_rows(
+        model, rows, range(len(rows.ids)), batch_size, num_samples, temperature, progress=progress
+    )
+    return Dataset.from_dict(
+        {
+            "id": rows.names,
+            "exact": scores["exact"].tolist(),
+            "p_gold": scores["p_gold"].tolist(),
+            "p_sample": scores["p_sample"].tolist(),
+            "pass_at_n": scores["pass_at_n"].tolist(),
+            "nll": scores["nll"].tolist(),
+            "token_acc": scores["token_acc"].tolist(),
+            "n_completion_tokens": n_targets.tolist(),
+        }
+    )
