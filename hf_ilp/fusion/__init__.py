@@ -16,6 +16,10 @@ _EXPORTS = {
     "fuse_checkpoints": "hf_ilp.fusion.fuse",
     "FusionResult": "hf_ilp.fusion.fuse",
     "load_cores": "hf_ilp.fusion.fuse",
+    "CPIFTConfig": "hf_ilp.fusion.config",
+    "CPIFTTrainer": "hf_ilp.fusion.trainer",
+    "train_probes": "hf_ilp.fusion.trainer",
+    "run_cpi_ft": "hf_ilp.fusion.trainer",
 }
 
 __all__ = sorted(_EXPORTS)

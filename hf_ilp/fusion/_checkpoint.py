@@ -173,7 +173,14 @@ class StateDictSource:
     """An in-memory model or state dict behind the same interface as `Checkpoint`."""
 
     def __init__(self, model_or_state):
-        state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
+        state = model_or_state
+        if isinstance(model_or_state, torch.nn.Module):
+            # tied weights (lm_head = embed_tokens) appear once, under the first name, as in save_pretrained
+            state, seen = {}, set()
+            for n, t in model_or_state.state_dict().items():
+                if t.data_ptr() not in seen:
+                    seen.add(t.data_ptr())
+                    state[n] = t
         config = getattr(model_or_state, "config", None)
         self.path = f"<in-memory {type(model_or_state).__name__}>"
         self.config = config.to_dict() if hasattr(config, "to_dict") else {}
