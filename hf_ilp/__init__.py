@@ -30,6 +30,10 @@ _EXPORTS = {
     "group_tasks": "hf_ilp.fusion.core",
     "fuse_checkpoints": "hf_ilp.fusion.fuse",
     "load_cores": "hf_ilp.fusion.fuse",
+    "CPIFTConfig": "hf_ilp.fusion.config",
+    "CPIFTTrainer": "hf_ilp.fusion.trainer",
+    "train_probes": "hf_ilp.fusion.trainer",
+    "run_cpi_ft": "hf_ilp.fusion.trainer",
     # Half-S FP4 training
     "HalfSConfig": "hf_ilp.fp4",
     "FP4Linear": "hf_ilp.fp4",
