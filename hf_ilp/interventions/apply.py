@@ -1,0 +1,335 @@
+"""Run the intervention for one cause: checks first, then one new, complete, saved output folder.
+
+`intervene(cause, report, train_dataset, output_dir, ...)` validates everything it can before
+training (the report describes this dataset, it flags samples with that cause, the knowledge
+source finds documents, ...), then writes `output_dir` atomically:
+
+    intervention.json   what ran: cause, method, settings, the input report's counts and
+                        fingerprint, what was produced (relative paths), details, log history
+    train_dataset/      the training set the new run used (`Dataset.save_to_disk`)
+    cpt_corpus/         knowledge injection only: the continued pre-training mixture
+    model/              the trained model (or PEFT adapter) and its tokenizer
+    run/                the trainer's output folder (checkpoints removed; e.g. tracker records)
+
+Inputs are never modified: models are deep-copied or loaded from their paths, datasets are new.
+
+    result = intervene("forgetting", report, train, "out/intervention-forgetting",
+                       base_model=base, model=sft_model, tokenizer=tok, args=sft_args)
+    after = diagnose(result.model, base, tok, train, records_of(result.run_dir))
+    print(before_after(report, after))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from hf_ilp._io import atomic_dir
+from hf_ilp.diagnosis.report import CAUSES, UNEXPLAINED
+from hf_ilp.interventions._common import check_report_matches, fresh_model, require_flagged
+
+
+@dataclass
+class InterventionConfig:
+    """Settings of the five interventions (paper values where the paper gives one)."""
+
+    knowledge_docs_per_sample: int = field(default=3, metadata={"help": "Documents retrieved per flagged sample."})
+    knowledge_general_share: float = field(
+        default=0.8, metadata={"help": "Share of general text in the continued pre-training mix (paper: 0.8)."})
+    knowledge_repeats: int = field(
+        default=1, metadata={"help": "Times each retrieved document appears in the mix (small models need more)."})
+    cpt_epochs: float = field(default=1.0, metadata={"help": "Epochs of continued pre-training over the mix."})
+    cpt_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of continued pre-training (default: the SFT learning rate)."})
+    inconsistency_strategy: str = field(
+        default="bucket", metadata={"help": "'bucket': keep conflicting members in separate mini-batches; "
+                                            "'resolve': drop what the judge (default: majority) rejects, bucket the rest."})
+    resample_every_k_steps: int | None = field(
+        default=None, metadata={"help": "Dynamic resampling period in steps (paper: 500; default: 20 checks per run)."})
+    resample_threshold: float = field(
+        default=0.05, metadata={"help": "Relative accuracy drop that triggers resampling (paper: 0.05)."})
+    resample_replay_share: float = field(
+        default=0.25, metadata={"help": "Share of draws taken from the subsets being resampled."})
+    resample_probe_per_subset: int = field(
+        default=32, metadata={"help": "Training rows per subset held as the accuracy probe."})
+    extra_max_epochs: int = field(default=5, metadata={"help": "Most extra epochs for under-training."})
+    extra_delta: float = field(
+        default=0.01, metadata={"help": "Stop when val loss(e) > val loss(e-1) + delta (paper: 0.01)."})
+    upsample_factor: int = field(
+        default=1, metadata={"help": "Copies of each under-trained sample in the extra epochs (1: none)."})
+
+
+@dataclass
+class InterventionResult:
+    """What `intervene` produced: the output folder, its manifest and the trained model in memory."""
+
+    cause: str
+    path: Path
+    manifest: dict
+    model: Any = None
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path / "run"
+
+    def load_train_dataset(self):
+        from datasets import load_from_disk
+
+        return load_from_disk(str(self.path / "train_dataset"))
+
+    def annotate(self, report) -> None:
+        """Record in a (new) report's summary which intervention produced the model it describes."""
+        report.summary["intervention"] = {"cause": self.cause, "method": self.manifest["method"],
+                                          "path": str(self.path)}
+
+
+def report_fingerprint(report) -> str:
+    """A short hash of a report's (id, learned, cause) rows: names the exact diagnosis an output came from."""
+    h = hashlib.sha256()
+    for row in report.samples.select_columns(["id", "learned", "cause"]):
+        h.update(f"{row['id']}\t{row['learned']}\t{row['cause']}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def before_after(before, after) -> list[dict]:
+    """Unlearned count per cause before and after, side by side (rows: cause, before, after, change)."""
+    rows = []
+    for cause in CAUSES + (UNEXPLAINED,):
+        b, a = before.counts.get(cause, 0), after.counts.get(cause, 0)
+        rows.append({"cause": cause, "before": b, "after": a, "change": a - b})
+    b, a = before.summary["n_unlearned"], after.summary["n_unlearned"]
+    rows.append({"cause": "total", "before": b, "after": a, "change": a - b})
+    return rows
+
+
+def _sft(model, tokenizer, dataset, args, callbacks, trainer_cls, eval_dataset=None):
+    """SFT with the sequential-stage protocol of `hf_ilp.training.train_stages`."""
+    try:
+        from hf_ilp.training import train_stages
+    except ImportError:  # TODO(interventions): drop once hf_ilp.training lands
+        trainer = trainer_cls(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
+                              processing_class=tokenizer, callbacks=list(callbacks))
+        trainer.train()
+        return trainer
+    return train_stages(model, tokenizer, dataset, args, callbacks=callbacks, eval_dataset=eval_dataset,
+                        trainer_cls=trainer_cls)
+
+
+def _with_peft(model, peft_config):
+    if peft_config is None or hasattr(model, "peft_config"):
+        return model
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_config)
+
+
+# one function per cause: (ctx) -> (method, details); each trains into ctx["tmp"] ------------------
+def _knowledge(ctx):
+    from trl import SFTTrainer
+
+    from hf_ilp.interventions.knowledge import continued_pretraining
+
+    cfg, tmp = ctx["config"], ctx["tmp"]
+    corpus, stats = ctx["prepared"]
+    corpus.save_to_disk(str(tmp / "cpt_corpus"))
+    model = _with_peft(fresh_model(ctx["base_model"]), ctx["peft_config"])
+    cpt_args = dataclasses.replace(
+        ctx["args"], output_dir=str(tmp / "run" / "cpt"), num_train_epochs=cfg.cpt_epochs, save_strategy="no",
+        learning_rate=cfg.cpt_learning_rate or ctx["args"].learning_rate)
+    continued_pretraining(model, ctx["tokenizer"], corpus, cpt_args)
+    trainer = _sft(model, ctx["tokenizer"], ctx["train"], ctx["run_args"], ctx["callbacks"], SFTTrainer)
+    return "continued_pretraining+sft", {"corpus": stats}, ctx["train"], trainer
+
+
+def _inconsistency(ctx):
+    from hf_ilp.interventions.inconsistency import conflict_buckets, resolve_conflicts
+    from hf_ilp.interventions.sampling import TrainSamplerSFTTrainer
+
+    cfg = ctx["config"]
+    groups = ctx["prepared"]
+    train, details = ctx["train"], {"groups": len(groups), "group_members": sum(map(len, groups))}
+    method = "bucket"
+    if cfg.inconsistency_strategy == "resolve":
+        train, dropped, groups = resolve_conflicts(train, groups, judge=ctx["judge"] or "majority")
+        details.update(dropped=dropped, undecided_groups=len(groups))
+        method = "resolve+bucket"
+    model = _with_peft(fresh_model(ctx["base_model"]), ctx["peft_config"])
+    trainer_cls = functools.partial(TrainSamplerSFTTrainer, train_sampler=conflict_buckets(groups))
+    trainer = _sft(model, ctx["tokenizer"], train, ctx["run_args"], ctx["callbacks"], trainer_cls)
+    details["bucketed_groups"] = groups
+    return method, details, train, trainer
+
+
+def _forgetting(ctx):
+    from hf_ilp.interventions.forgetting import SOURCE_STAGE, DynamicResamplingCallback, global_shuffle
+    from hf_ilp.interventions.sampling import TrainSamplerSFTTrainer
+
+    cfg = ctx["config"]
+    train = global_shuffle(ctx["train"], seed=ctx["args"].seed)
+    probe = _probe_slice(train, SOURCE_STAGE, cfg.resample_probe_per_subset, ctx["args"].seed)
+    cb = DynamicResamplingCallback(probe, ctx["tokenizer"], subset_column=SOURCE_STAGE,
+                                   every_k_steps=cfg.resample_every_k_steps, threshold=cfg.resample_threshold,
+                                   replay_share=cfg.resample_replay_share)
+    model = _with_peft(fresh_model(ctx["base_model"]), ctx["peft_config"])
+    trainer = TrainSamplerSFTTrainer(model=model, args=ctx["run_args"], train_dataset=train,
+                                     processing_class=ctx["tokenizer"], callbacks=[*ctx["callbacks"], cb],
+                                     train_sampler=cb.sampler)
+    trainer.train()
+    details = {"subsets": sorted(map(str, set(train[SOURCE_STAGE]))), "probe_rows": len(probe),
+               "replayed_draws": cb._sampler.replayed, "resampling_history": cb.history}
+    return "global_shuffle+dynamic_resampling", details, train, trainer
+
+
+def _probe_slice(dataset, column, per_subset, seed):
+    """Up to `per_subset` random rows of each subset (the held-out accuracy probe)."""
+    shuffled = dataset.shuffle(seed=seed + 1)
+    taken, keep = {}, []
+    for i, s in enumerate(shuffled[column]):
+        if taken.get(s, 0) < per_subset:
+            taken[s] = taken.get(s, 0) + 1
+            keep.append(i)
+    return shuffled.select(keep)
+
+
+def _under_training(ctx):
+    from trl import SFTTrainer
+
+    from hf_ilp.interventions.under_training import ValLossRiseStopping, upsample
+
+    cfg = ctx["config"]
+    train = ctx["train"]
+    if "stage" in train.column_names:  # extra epochs go over all stages at once
+        train = train.rename_column("stage", "source_stage")
+    train = upsample(train, ctx["flagged"], cfg.upsample_factor)
+    stop = ValLossRiseStopping(delta=cfg.extra_delta)
+    model = _with_peft(fresh_model(ctx["model"]), ctx["peft_config"])
+    args = dataclasses.replace(ctx["run_args"], num_train_epochs=cfg.extra_max_epochs, eval_strategy="epoch")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=ctx["eval_dataset"],
+                         processing_class=ctx["tokenizer"], callbacks=[*ctx["callbacks"], stop])
+    trainer.evaluate()
+    trainer.train()
+    accepted = len(stop.losses) - 1
+    details = {"val_losses": stop.losses, "extra_epochs_kept": accepted, "stopped_at_epoch": stop.stopped_at_epoch,
+               "upsample_factor": cfg.upsample_factor}
+    return "extra_epochs+early_stopping", details, train, trainer
+
+
+_RUNNERS: dict[str, Callable] = {
+    "missing_knowledge": _knowledge,
+    "knowledge_conflict": _knowledge,
+    "data_inconsistency": _inconsistency,
+    "forgetting": _forgetting,
+    "under_training": _under_training,
+}
+
+
+def intervene(
+    cause: str,
+    report,
+    train_dataset,
+    output_dir,
+    *,
+    base_model,
+    tokenizer,
+    args,
+    model=None,
+    eval_dataset=None,
+    knowledge_source=None,
+    general_texts: Sequence[str] | None = None,
+    judge: Callable | None = None,
+    peft_config=None,
+    callbacks: Sequence = (),
+    config: InterventionConfig | None = None,
+) -> InterventionResult:
+    """Apply the intervention for `cause` and save a new run in `output_dir` (see the module doc).
+
+    Args:
+        cause: one of `CAUSES`.
+        report: the `DiagnosisReport` made on `train_dataset`.
+        train_dataset: the SFT data the report describes (`id`, `prompt`, `completion`, opt. `stage`).
+        base_model: the pre-trained model (object or path); new SFT runs start from it.
+        tokenizer, args: the tokenizer and the `SFTConfig` of the original run; each new run
+            copies `args` with its own `output_dir`.
+        model: the fine-tuned model (object or path; a PEFT adapter folder loads trainable);
+            under_training continues from it.
+        eval_dataset: validation rows for under_training's early stopping.
+        knowledge_source: a `KnowledgeSource` for the knowledge causes; `general_texts` the
+            general corpus (default: the source's own texts).
+        judge: `resolve_conflicts` judge (with `config.inconsistency_strategy="resolve"`).
+        peft_config: train a PEFT adapter (e.g. `LoraConfig`) instead of all weights.
+        callbacks: extra callbacks for the new SFT run (e.g. a fresh `LearnTracker`).
+    """
+    from hf_ilp.interventions.inconsistency import conflict_groups
+    from hf_ilp.interventions.knowledge import injection_corpus
+
+    if cause not in _RUNNERS:
+        raise ValueError(f"unknown cause {cause!r}; expected one of {tuple(_RUNNERS)}")
+    config = config or InterventionConfig()
+    if config.inconsistency_strategy not in ("bucket", "resolve"):
+        raise ValueError(f"inconsistency_strategy must be 'bucket' or 'resolve', got {config.inconsistency_strategy!r}")
+    check_report_matches(report, train_dataset, "train_dataset")
+    flagged = require_flagged(report, [cause])
+    prepared = None
+    # everything that can fail on bad input is checked here, before any output exists
+    if cause in ("missing_knowledge", "knowledge_conflict"):
+        if knowledge_source is None:
+            raise ValueError(f"{cause} needs knowledge_source= (a KnowledgeSource, e.g. BM25KnowledgeSource(texts))")
+        prepared = injection_corpus(report, train_dataset, knowledge_source, causes=[cause],
+                                    docs_per_sample=config.knowledge_docs_per_sample,
+                                    general_share=config.knowledge_general_share, repeats=config.knowledge_repeats,
+                                    general_texts=general_texts, seed=args.seed)
+    elif cause == "data_inconsistency":
+        prepared = conflict_groups(report, train_dataset)
+        if not prepared:
+            raise ValueError(
+                f"the {len(flagged)} data_inconsistency samples have no conflicting partner in train_dataset "
+                "(same prompt, or ids in a 'conflict_ids' report column); nothing to resolve or bucket")
+    elif cause == "forgetting":
+        stages = set(train_dataset["stage"]) if "stage" in train_dataset.column_names else set()
+        if len(stages) < 2:
+            raise ValueError("forgetting's global shuffle needs a 'stage' column with at least two stages in train_dataset")
+    elif cause == "under_training":
+        if model is None:
+            raise ValueError("under_training continues from the fine-tuned model: pass model=")
+        if eval_dataset is None or len(eval_dataset) == 0:
+            raise ValueError("under_training stops on validation loss: pass a non-empty eval_dataset")
+
+    output_dir = Path(output_dir)
+    with atomic_dir(output_dir) as tmp:
+        run_args = dataclasses.replace(args, output_dir=str(tmp / "run"), save_strategy="no")
+        ctx = dict(config=config, tmp=tmp, train=train_dataset, flagged=flagged, prepared=prepared,
+                   base_model=base_model, model=model, tokenizer=tokenizer, args=args, run_args=run_args,
+                   eval_dataset=eval_dataset, judge=judge, peft_config=peft_config, callbacks=list(callbacks))
+        method, details, used_train, trainer = _RUNNERS[cause](ctx)
+        used_train.save_to_disk(str(tmp / "train_dataset"))
+        trained = trainer.model
+        trained.save_pretrained(str(tmp / "model"))
+        tokenizer.save_pretrained(str(tmp / "model"))
+        for ckpt in (tmp / "run").rglob("checkpoint-*"):
+            shutil.rmtree(ckpt, ignore_errors=True)
+        outputs = {"train_dataset": "train_dataset", "model": "model", "run": "run"}
+        if (tmp / "cpt_corpus").exists():
+            outputs["cpt_corpus"] = "cpt_corpus"
+        manifest = {
+            "cause": cause,
+            "method": method,
+            "config": dataclasses.asdict(config),
+            "input_report": {"fingerprint": report_fingerprint(report), "counts": report.counts,
+                             "n_samples": report.summary.get("n_samples"), "flagged": len(flagged)},
+            "inputs": {"train_rows": len(train_dataset), "peft": peft_config is not None or hasattr(trained, "peft_config")},
+            "outputs": outputs,
+            "details": details,
+            "log_history": trainer.state.log_history,
+        }
+        (tmp / "intervention.json").write_text(json.dumps(manifest, indent=2, default=str))
+    return InterventionResult(cause=cause, path=output_dir, manifest=manifest, model=trained)

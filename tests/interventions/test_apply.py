@@ -1,0 +1,147 @@
+"""End-to-end: each intervention on a tiny Llama, plain and LoRA; bad input leaves nothing behind."""
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_ilp.diagnosis.report import DiagnosisReport
+from hf_ilp.interventions.apply import InterventionConfig, before_after, intervene
+from hf_ilp.interventions.knowledge import BM25KnowledgeSource, KnowledgeSource
+
+from tests.interventions.conftest import make_rows, sft_args
+
+CAUSE_ROWS = {
+    "missing_knowledge": ["s1", "s2"],
+    "knowledge_conflict": ["s3"],
+    "data_inconsistency": ["dup"],
+    "forgetting": ["s4", "s5"],
+    "under_training": ["s6"],
+}
+
+
+def _train():
+    rows = make_rows(24, stages=2)
+    rows.append({"id": "dup", "prompt": "what is w7 ?", "completion": " w39", "stage": 1})
+    return Dataset.from_list(rows)
+
+
+def _report(ids, flags):
+    cause_of = {i: c for c, xs in flags.items() for i in xs}
+    return DiagnosisReport.from_rows([
+        {"id": i, "learned": i not in cause_of, "cause": cause_of.get(i, ""), "confidence": 0.9,
+         "runner_up": "", "runner_up_confidence": 0.0} for i in ids
+    ])
+
+
+CORPUS = [f"fact : the answer of w{k} is w{20 + k}" for k in range(20)] + ["fact : w1 w2 w3 what"] * 3
+
+
+def _run(cause, tmp_path, tokenizer, model, peft_config=None, **kw):
+    train = _train()
+    report = _report(train["id"], CAUSE_ROWS)
+    val = Dataset.from_list(make_rows(8))
+    return intervene(cause, report, train, tmp_path / f"out-{cause}", base_model=model, model=model,
+                     tokenizer=tokenizer, args=sft_args(tmp_path / "args"), eval_dataset=val,
+                     knowledge_source=BM25KnowledgeSource(CORPUS), peft_config=peft_config,
+                     config=InterventionConfig(extra_max_epochs=2, resample_every_k_steps=2), **kw)
+
+
+# LoRA on a fresh base shares one code path (knowledge_conflict covers it by default); the others are slow
+_CASES = [pytest.param(c, False, id=f"{c}-full") for c in CAUSE_ROWS] + [
+    pytest.param(c, True, id=f"{c}-lora",
+                 marks=[pytest.mark.slow] if c in ("missing_knowledge", "data_inconsistency", "forgetting") else [])
+    for c in CAUSE_ROWS
+]
+
+
+@pytest.mark.parametrize("cause,lora", _CASES)
+def test_each_intervention_writes_a_new_run(cause, lora, tmp_path, tokenizer, tiny_model):
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    train_before = _train().to_list()
+    result = _run(cause, tmp_path, tokenizer, tiny_model, peft_config)
+    # inputs untouched
+    assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())
+    assert _train().to_list() == train_before
+    manifest = json.loads((result.path / "intervention.json").read_text())
+    assert manifest["cause"] == cause and manifest["input_report"]["flagged"] == len(CAUSE_ROWS[cause])
+    for rel in manifest["outputs"].values():
+        assert (result.path / rel).exists()
+    assert (result.model_path / ("adapter_config.json" if lora else "config.json")).is_file()
+    assert manifest["inputs"]["peft"] is lora
+    assert not list(result.path.parent.glob(".*tmp-*"))
+    # the trained model moved away from the base
+    trained = result.model.merge_and_unload() if lora else result.model
+    assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items() if k in before)
+    if cause in ("missing_knowledge", "knowledge_conflict"):
+        corpus = Dataset.load_from_disk(str(result.path / "cpt_corpus"))
+        share = corpus["origin"].count("general") / len(corpus)
+        assert share == pytest.approx(0.8, abs=0.05)
+        assert set(corpus.filter(lambda o: o == "retrieved", input_columns="origin")["query_id"]) <= set(CAUSE_ROWS[cause])
+    if cause == "forgetting":
+        assert "stage" not in result.load_train_dataset().column_names
+        assert manifest["details"]["resampling_history"]
+
+
+def test_resolve_strategy_drops_the_rejected_member(tmp_path, tokenizer, tiny_model):
+    assert InterventionConfig().inconsistency_strategy == "bucket"  # default
+    train, report = _train(), _report(_train()["id"], CAUSE_ROWS)
+    res = intervene("data_inconsistency", report, train, tmp_path / "resolved", base_model=tiny_model,
+                    tokenizer=tokenizer, args=sft_args(tmp_path / "a"), judge=lambda p, c: c.index(" w27"),
+                    config=InterventionConfig(inconsistency_strategy="resolve"))
+    assert res.manifest["details"]["dropped"] == ["dup"]
+    assert "dup" not in res.load_train_dataset()["id"] and len(res.load_train_dataset()) == len(train) - 1
+
+
+class _Nothing(KnowledgeSource):
+    texts = ["unrelated"]
+
+    def retrieve(self, queries, k):
+        return [[] for _ in queries]
+
+
+def test_bad_input_is_refused_before_any_output(tmp_path, tokenizer, tiny_model):
+    train = _train()
+    args = sft_args(tmp_path / "a")
+    common = dict(base_model=tiny_model, model=tiny_model, tokenizer=tokenizer, args=args)
+    other = _report([f"x{i}" for i in range(5)], {"forgetting": ["x1"]})
+    with pytest.raises(ValueError, match="does not describe train_dataset"):
+        intervene("forgetting", other, train, tmp_path / "o1", **common)
+    empty = _report(train["id"], {})
+    with pytest.raises(ValueError, match="flags no sample as forgetting"):
+        intervene("forgetting", empty, train, tmp_path / "o2", **common)
+    report = _report(train["id"], CAUSE_ROWS)
+    with pytest.raises(ValueError, match="returned no document"):
+        intervene("missing_knowledge", report, train, tmp_path / "o3", knowledge_source=_Nothing(), **common)
+    with pytest.raises(ValueError, match="eval_dataset"):
+        intervene("under_training", report, train, tmp_path / "o4", **common)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_crash_halfway_leaves_no_partial_output(tmp_path, tokenizer, tiny_model):
+    from transformers import TrainerCallback
+
+    class Boom(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        _run("forgetting", tmp_path, tokenizer, tiny_model, callbacks=[Boom()])
+    assert not (tmp_path / "out-forgetting").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out-forgetting")]
+
+
+def test_before_after_table():
+    ids = [f"s{i}" for i in range(6)]
+    before = _report(ids, {"forgetting": ["s1", "s2"], "under_training": ["s3"]})
+    after = _report(ids, {"under_training": ["s3", "s4"]})
+    table = {r["cause"]: r for r in before_after(before, after)}
+    assert table["forgetting"] == {"cause": "forgetting", "before": 2, "after": 0, "change": -2}
+    assert table["total"]["before"] == 3 and table["total"]["after"] == 2
