@@ -8,55 +8,9 @@ session fixture sets both in `os.environ` (for subprocesses) and in `huggingface
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
 
-_SERVER = Path(__file__).with_name("hub_server.py")
-
-
-@dataclass
-class HubServer:
-    """A running test Hub: `endpoint` to pass to `HfApi(endpoint=...)`, its process and storage."""
-
-    endpoint: str
-    port: int
-    root: Path
-    process: subprocess.Popen
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=10)
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-
-def start_hub_server(root, port: int = 0, exit_on: str | None = None, timeout: float = 20.0) -> HubServer:
-    """Start `hub_server.py` on 127.0.0.1 and wait until it listens."""
-    cmd = [sys.executable, str(_SERVER), "--root", str(root), "--port", str(port)]
-    if exit_on:
-        cmd += ["--exit-on", exit_on]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + timeout
-    line = ""
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        m = re.match(r"PORT (\d+)", line)
-        if m:
-            port = int(m.group(1))
-            return HubServer(f"http://127.0.0.1:{port}", port, Path(root), proc)
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError(f"test Hub server did not start: {line!r}")
+from hub_server import point_client_at, start_hub_server
 
 
 @pytest.fixture(scope="session")
@@ -78,11 +32,8 @@ def hub_env(tmp_path_factory):
 @pytest.fixture(scope="session")
 def hub(hub_env, tmp_path_factory):
     """The session's test Hub, with `HF_ENDPOINT` pointing at it."""
-    import huggingface_hub.constants as constants
-
     server = start_hub_server(tmp_path_factory.mktemp("hub_storage"))
-    hub_env.setenv("HF_ENDPOINT", server.endpoint)
-    hub_env.setattr(constants, "ENDPOINT", server.endpoint)
+    point_client_at(hub_env, server.endpoint)
     yield server
     server.kill()
 

@@ -19,9 +19,11 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -417,6 +419,53 @@ def make_server(root, port: int = 0, exit_on: str | None = None) -> ThreadingHTT
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
     return server
+
+
+@dataclass
+class HubServer:
+    """A running test Hub: `endpoint` to pass to `HfApi(endpoint=...)`, its process and storage."""
+
+    endpoint: str
+    port: int
+    root: Path
+    process: subprocess.Popen
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+def start_hub_server(root, port: int = 0, exit_on: str | None = None, timeout: float = 20.0) -> HubServer:
+    """Start `hub_server.py` on 127.0.0.1 and wait until it listens."""
+    cmd = [sys.executable, str(Path(__file__)), "--root", str(root), "--port", str(port)]
+    if exit_on:
+        cmd += ["--exit-on", exit_on]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    line = ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        m = re.match(r"PORT (\d+)", line)
+        if m:
+            port = int(m.group(1))
+            return HubServer(f"http://127.0.0.1:{port}", port, Path(root), proc)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError(f"test Hub server did not start: {line!r}")
+
+
+def point_client_at(monkeypatch, endpoint: str) -> None:
+    """Make this process's huggingface_hub talk to `endpoint`, as `HF_ENDPOINT` would at import."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
 
 
 def main(argv=None) -> None:

@@ -1,0 +1,92 @@
+"""`hf-ilp report REPO_OR_PATH [--json]` and `hf-ilp push DIR`."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="print the incomplete-learning diagnosis of a model (Hub repo id or local folder)",
+        description="Print the DiagnosisReport stored in a model card (Hub repo or local folder) or a report folder.",
+    )
+    p.add_argument("source", metavar="REPO_OR_PATH", help="Hub model repo id (user/name), a run's output folder, or a report folder")
+    p.add_argument("--revision", default=None, help="branch, tag or commit of the Hub repo")
+    p.add_argument("--repo-type", default="model", choices=["model", "dataset"], help="kind of Hub repo (default: model)")
+    p.add_argument("--samples", action="store_true", help="also load the per-sample rows and list example unlearned samples")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (for machines)")
+    p.set_defaults(func=_report)
+
+    p = subparsers.add_parser(
+        "push",
+        help="push a run's output folder (model, card, diagnosis dataset) to the Hub",
+        description="Push an output folder prepared by a recipe: the model with its card, and the per-sample diagnosis as a dataset repo. Retries network faults with backoff.",
+    )
+    p.add_argument("output_dir", metavar="DIR", help="the run's output folder (with hf_ilp_report/ and README.md)")
+    p.add_argument("--hub_model_id", default=None, help="model repo id (default: the one saved in DIR/hf_ilp_push.json)")
+    p.add_argument("--dataset_repo_id", default=None, help="dataset repo id for the per-sample diagnosis (default: <hub_model_id>-ilp-diagnosis)")
+    p.add_argument("--private", action="store_true", default=None, help="create the repos as private")
+    p.add_argument("--revision", default=None, help="branch of the model repo to push to")
+    p.add_argument("--max_attempts", type=int, default=5, help="attempts per step before giving up (default: 5)")
+    p.set_defaults(func=_push)
+
+
+def _report(args) -> int:
+    import json
+    import math
+
+    from hf_ilp.diagnosis.report import CAUSES, UNEXPLAINED
+    from hf_ilp.hub.load import load_report
+
+    report = load_report(args.source, revision=args.revision, samples=args.samples, repo_type=args.repo_type)
+    s = report.summary
+    if args.json:
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in s.items()}
+        print(json.dumps(clean, indent=2, sort_keys=True, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    n_unlearned = s["n_unlearned"]
+    table = Table(title=f"Incomplete learning: {args.source}")
+    table.add_column("cause")
+    table.add_column("unlearned samples", justify="right")
+    table.add_column("share of unlearned", justify="right")
+    for cause in CAUSES + (UNEXPLAINED,):
+        count = s["counts"][cause]
+        table.add_row(cause, str(count), f"{count / n_unlearned:.1%}" if n_unlearned else "-")
+    console.print(table)
+    learned = s.get("learned_share")
+    learned_text = "n/a" if learned is None or math.isnan(learned) else f"{learned:.1%}"
+    console.print(f"samples: {s['n_samples']}  learned exactly: {learned_text}  unlearned: {n_unlearned}")
+    if s.get("diagnosis_dataset"):
+        console.print(f"per-sample diagnosis: dataset {s['diagnosis_dataset']}")
+    if report.samples is not None and n_unlearned:
+        examples = report.unlearned().select(range(min(10, n_unlearned)))
+        t = Table(title="unlearned samples (first 10)")
+        for col in ("id", "cause", "confidence", "runner_up"):
+            t.add_column(col)
+        for row in examples:
+            t.add_row(str(row["id"]), row["cause"], f"{row['confidence']:.2f}", str(row["runner_up"]))
+        console.print(t)
+    return 0
+
+
+def _push(args) -> int:
+    from hf_ilp.hub.push import HubPushError, push_run
+
+    try:
+        result = push_run(
+            args.output_dir,
+            hub_model_id=args.hub_model_id,
+            dataset_repo_id=args.dataset_repo_id,
+            private=args.private,
+            revision=args.revision,
+            max_attempts=args.max_attempts,
+        )
+    except HubPushError as exc:
+        print(exc)
+        return 1
+    print(f"pushed model {result.model_repo_id} (commit {result.model_commit[:10]})")
+    print(f"pushed diagnosis dataset {result.dataset_repo_id} (commit {result.dataset_commit[:10]})")
+    return 0

@@ -1,0 +1,234 @@
+"""Push a run's output folder to the Hub: the model with its card, and the diagnosis as a dataset.
+
+A run's output folder is complete on disk before anything goes out (`prepare_push`): the model,
+`README.md` (the model card with the diagnosis), `hf_ilp_report/` (the report: summary, plots,
+per-sample parquet) and `hf_ilp_push.json` (the repo ids to push to). `push_run` then
+
+1. creates the dataset repo and commits `data/train-00000-of-00001.parquet` (the per-sample
+   verdicts) and its dataset card;
+2. writes the dataset's commit into the model card (so the card names the exact diagnosis);
+3. creates the model repo and uploads the folder (checkpoints, per-stage folders, records,
+   `training_args.bin` and the per-sample parquet stay local).
+
+Every step is retried with exponential backoff on network faults and server errors (429, 5xx);
+each is idempotent, so a retry after a dropped connection finishes the job. If the push still
+fails, `HubPushError` says that the local folder is complete and how to push it later:
+``hf-ilp push DIR``.
+
+Example:
+    >>> prepare_push("out", report, hub_model_id="me/tiny-sft", trainer=trainer)
+    >>> push_run("out")                       # or later, from a shell: hf-ilp push out
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hf_ilp.hub.cards import REPORT_DIRNAME, amend_model_card, assert_no_secrets, publishable, render_dataset_card
+
+logger = logging.getLogger(__name__)
+
+PUSH_SETTINGS = "hf_ilp_push.json"
+DATASET_FILE = "data/train-00000-of-00001.parquet"
+#: Left out of the model repo: checkpoints, per-stage models, per-sample records and verdicts
+#: (the dataset repo has those), pickled training arguments (they hold local paths).
+IGNORE_PATTERNS = [
+    "_*",
+    ".*",
+    "checkpoint-*",
+    "stage-*",
+    "runs/*",
+    "hf_ilp_records/*",
+    f"{REPORT_DIRNAME}/samples.parquet",
+    "training_args.bin",
+    PUSH_SETTINGS,
+]
+
+
+class HubPushError(RuntimeError):
+    """The push failed after its retries; the local output folder is complete."""
+
+
+@dataclass
+class PushResult:
+    model_repo_id: str
+    dataset_repo_id: str
+    model_commit: str
+    dataset_commit: str
+    attempts: int
+
+
+def default_dataset_repo_id(hub_model_id: str) -> str:
+    """Where the per-sample diagnosis of `hub_model_id` goes unless told otherwise."""
+    return f"{hub_model_id}-ilp-diagnosis"
+
+
+def prepare_push(
+    output_dir,
+    report,
+    hub_model_id: str,
+    dataset_repo_id: str | None = None,
+    trained_on: str | None = None,
+    private: bool | None = None,
+    revision: str | None = None,
+    trainer=None,
+) -> Path:
+    """Make `output_dir` complete for the Hub: report folder, model card, push settings.
+
+    With a `trainer`, its own card (TRL's, with model-index, base_model and tags) is written first
+    and the diagnosis is added to it. Call it on every process; only the main one writes.
+    """
+    if trainer is not None and not trainer.is_world_process_zero():
+        return Path(output_dir)
+    _check_repo_id(hub_model_id, "hub_model_id")
+    dataset_repo_id = dataset_repo_id or default_dataset_repo_id(hub_model_id)
+    _check_repo_id(dataset_repo_id, "dataset_repo_id")
+    output_dir = Path(output_dir)
+    report = publishable(report)
+    report.save(output_dir / REPORT_DIRNAME)
+    if trainer is not None:
+        trainer.create_model_card(model_name=hub_model_id.split("/")[-1], dataset_name=trained_on)
+    amend_model_card(output_dir, report, model_repo_id=hub_model_id, dataset_repo_id=dataset_repo_id, trained_on=trained_on)
+    settings = {"hub_model_id": hub_model_id, "dataset_repo_id": dataset_repo_id, "trained_on": trained_on, "private": private, "revision": revision}
+    from hf_ilp._io import write_json_atomic
+
+    write_json_atomic(output_dir / PUSH_SETTINGS, settings)
+    return output_dir
+
+
+def push_run(
+    output_dir,
+    hub_model_id: str | None = None,
+    dataset_repo_id: str | None = None,
+    token: str | None = None,
+    private: bool | None = None,
+    revision: str | None = None,
+    endpoint: str | None = None,
+    max_attempts: int = 5,
+    backoff: float = 2.0,
+) -> PushResult:
+    """Push a folder prepared by `prepare_push` (arguments override its saved settings)."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from hf_ilp.diagnosis.report import DiagnosisReport
+
+    output_dir = Path(output_dir)
+    settings_file = output_dir / PUSH_SETTINGS
+    if not settings_file.is_file() and hub_model_id is None:
+        raise FileNotFoundError(f"{output_dir} has no {PUSH_SETTINGS}: it was not prepared for the Hub; pass hub_model_id (hf-ilp push DIR --hub_model_id USER/NAME)")
+    saved = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    hub_model_id = hub_model_id or saved.get("hub_model_id")
+    dataset_repo_id = dataset_repo_id or saved.get("dataset_repo_id") or default_dataset_repo_id(hub_model_id)
+    _check_repo_id(hub_model_id, "hub_model_id")
+    _check_repo_id(dataset_repo_id, "dataset_repo_id")
+    private = saved.get("private") if private is None else private
+    revision = revision or saved.get("revision")
+    trained_on = saved.get("trained_on")
+    report = DiagnosisReport.load(output_dir / REPORT_DIRNAME)
+    api = HfApi(endpoint=endpoint, token=token)
+    extra = [str(output_dir.resolve())] + ([token] if token else [])
+    card = render_dataset_card(report, dataset_repo_id, model_repo_id=hub_model_id, trained_on=trained_on)
+    assert_no_secrets(card, what="the dataset card", extra=extra)
+    _check_samples(report, extra)
+    attempts = [0]
+
+    def retry(what, fn):
+        return _with_retries(what, fn, max_attempts, backoff, attempts, output_dir)
+
+    retry(f"create dataset repo {dataset_repo_id}", lambda: api.create_repo(dataset_repo_id, repo_type="dataset", private=private, exist_ok=True))
+    dataset_commit = retry(
+        f"upload the diagnosis to {dataset_repo_id}",
+        lambda: api.create_commit(
+            dataset_repo_id,
+            repo_type="dataset",
+            operations=[
+                CommitOperationAdd("README.md", card.encode()),
+                CommitOperationAdd(DATASET_FILE, str(output_dir / REPORT_DIRNAME / "samples.parquet")),
+            ],
+            commit_message="Per-sample incomplete-learning diagnosis (hf_ilp)",
+        ),
+    ).oid
+    card_path = amend_model_card(
+        output_dir, report, model_repo_id=hub_model_id, dataset_repo_id=dataset_repo_id, trained_on=trained_on, dataset_revision=dataset_commit
+    )
+    _check_uploads(output_dir, extra)
+    logger.info("model card: %s", card_path)
+    retry(f"create model repo {hub_model_id}", lambda: api.create_repo(hub_model_id, private=private, exist_ok=True))
+    model_commit = retry(
+        f"upload {output_dir.name} to {hub_model_id}",
+        lambda: api.upload_folder(
+            repo_id=hub_model_id,
+            folder_path=str(output_dir),
+            revision=revision,
+            ignore_patterns=IGNORE_PATTERNS,
+            commit_message="Model, card and incomplete-learning diagnosis (hf_ilp)",
+        ),
+    ).oid
+    return PushResult(hub_model_id, dataset_repo_id, model_commit, dataset_commit, attempts[0])
+
+
+def _with_retries(what, fn, max_attempts, backoff, attempts, output_dir):
+    """Run `fn`, retrying transient Hub faults with exponential backoff (backoff * 2**k seconds)."""
+    last = None
+    for k in range(max_attempts):
+        attempts[0] += 1
+        try:
+            return fn()
+        except Exception as exc:  # classified below: only transient faults are retried
+            if not _is_transient(exc):
+                raise HubPushError(_failure(what, exc, output_dir)) from exc
+            last = exc
+            if k + 1 < max_attempts:
+                wait = backoff * 2**k
+                logger.warning("%s failed (%s: %s); retrying in %.1f s (%d/%d)", what, type(exc).__name__, exc, wait, k + 1, max_attempts)
+                time.sleep(wait)
+    raise HubPushError(_failure(what, last, output_dir, f" after {max_attempts} attempts")) from last
+
+
+def _is_transient(exc: BaseException) -> bool:
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(exc, HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else None
+        return status is None or status in (408, 429) or status >= 500
+    if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
+        return True
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and cause is not exc and _is_transient(cause)
+
+
+def _failure(what, exc, output_dir, suffix="") -> str:
+    return (
+        f"Hub push failed: could not {what}{suffix}: {type(exc).__name__}: {exc}\n"
+        f"The local output folder {output_dir} is complete (model, card, diagnosis). "
+        f"Push it later with:  hf-ilp push {output_dir}"
+    )
+
+
+def _check_repo_id(repo_id, name) -> None:
+    import re
+
+    if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.\-]+/[\w.\-]+", repo_id):
+        raise ValueError(f"{name} must look like 'user/name' (a Hub repo id), got {repo_id!r}")
+
+
+def _check_uploads(output_dir: Path, extra) -> None:
+    """Refuse to publish a text file of the model folder that holds a token or a local path."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    files = [p.relative_to(output_dir).as_posix() for p in output_dir.rglob("*") if p.is_file()]
+    for rel in filter_repo_objects(files, ignore_patterns=IGNORE_PATTERNS):
+        if rel.endswith((".md", ".json", ".txt", ".yaml", ".yml", ".jinja")):
+            assert_no_secrets((output_dir / rel).read_text(errors="replace"), what=rel, extra=extra)
+
+
+def _check_samples(report, extra) -> None:
+    """Refuse to publish per-sample rows whose text holds a token or a local path."""
+    columns = [c for c, f in report.samples.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+    text = "\n".join(str(v) for c in columns for v in report.samples[c])
+    assert_no_secrets(text, what="the per-sample diagnosis dataset", extra=extra)

@@ -1,0 +1,177 @@
+"""Push a run folder to the loopback Hub with the real huggingface_hub client, load it back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from hub_server import point_client_at, start_hub_server
+
+
+def _run_folder(tmp_path, report, name="run"):
+    """A run's output folder as a recipe leaves it: a saved model, tokenizer files, checkpoints."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path / name
+    cfg = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, vocab_size=64)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    (out / "checkpoint-5").mkdir()
+    (out / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    (out / "training_args.bin").write_bytes(str(out).encode())  # holds local paths: must stay local
+    return out
+
+
+def _digest(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_push_then_load_report_round_trip(hub, make_report, tmp_path):
+    from huggingface_hub import HfApi, ModelCard
+
+    import hf_ilp
+    from hf_ilp.diagnosis.report import CAUSES, UNEXPLAINED
+
+    report = make_report(settings={"exact_threshold": 1.0, "encoder": str(Path.home() / "models" / "minilm"), "hub_token": "hf_" + "x" * 30})
+    out = _run_folder(tmp_path, report)
+    hf_ilp.prepare_push(out, report, hub_model_id="alice/tiny-sft", trained_on="ilp-world-tiny")
+    result = hf_ilp.push_run(out, token="hf_" + "s" * 34)
+    assert result.model_repo_id == "alice/tiny-sft" and result.dataset_repo_id == "alice/tiny-sft-ilp-diagnosis"
+
+    api = HfApi(endpoint=hub.endpoint)
+    files = set(api.list_repo_files("alice/tiny-sft"))
+    assert {"README.md", "config.json", "model.safetensors", "hf_ilp_report/summary.json", "hf_ilp_report/plots/counts.png"} <= files
+    assert not any(f.startswith(("checkpoint-", "hf_ilp_records")) for f in files)
+    assert "training_args.bin" not in files and "hf_ilp_report/samples.parquet" not in files
+    assert set(api.list_repo_files("alice/tiny-sft-ilp-diagnosis", repo_type="dataset")) == {"README.md", "data/train-00000-of-00001.parquet"}
+
+    loaded = hf_ilp.load_report("alice/tiny-sft", samples=True)
+    assert loaded.counts == report.counts
+    assert loaded.summary["n_samples"] == report.summary["n_samples"] == len(loaded.samples)
+    assert loaded.summary["learned_share"] == pytest.approx(report.summary["learned_share"])
+    assert loaded.summary["diagnosis_dataset"] == "alice/tiny-sft-ilp-diagnosis"
+    assert loaded.summary["diagnosis_dataset_revision"] == result.dataset_commit
+    assert sorted(loaded.samples["id"]) == sorted(report.samples["id"])
+    assert loaded.by_cause("forgetting").num_rows == report.counts["forgetting"] == 4
+
+    summary_only = hf_ilp.load_report("alice/tiny-sft")
+    assert summary_only.samples is None and summary_only.counts == report.counts
+    from_dataset = hf_ilp.load_report("alice/tiny-sft-ilp-diagnosis", repo_type="dataset", samples=True)
+    assert from_dataset.counts == report.counts and len(from_dataset.samples) == len(report)
+
+    card = ModelCard.load("alice/tiny-sft")
+    meta = card.data.to_dict()
+    assert meta["hf_ilp"]["counts"] == {c: report.counts[c] for c in CAUSES + (UNEXPLAINED,)}
+    assert meta["hf_ilp"]["settings"]["encoder"] == "minilm"  # a local path is reduced to its name
+    assert "hub_token" not in meta["hf_ilp"]["settings"]
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results["hf_ilp/learned_share"] == pytest.approx(report.summary["learned_share"], abs=1e-6)
+    assert results["hf_ilp/data_inconsistency"] == report.counts["data_inconsistency"]
+    assert "![counts](hf_ilp_report/plots/counts.png)" in card.text
+
+    # nothing of this machine went out: not the token, not a path, in any text file of both repos
+    for repo, kind in (("alice/tiny-sft", "model"), ("alice/tiny-sft-ilp-diagnosis", "dataset")):
+        for f in api.list_repo_files(repo, repo_type=kind):
+            data = Path(api.hf_hub_download(repo, f, repo_type=kind)).read_bytes()
+            for secret in ("hf_sss", "hf_xxx", str(tmp_path), str(Path.home()) + "/"):
+                assert secret.encode() not in data, (repo, f, secret)
+    rows = from_dataset.samples.to_pandas().astype(str).to_string()
+    assert str(tmp_path) not in rows and "hf_s" not in rows
+
+    # the local folder is complete and loads the same report
+    local = hf_ilp.load_report(out, samples=True)
+    assert local.counts == report.counts and len(local.samples) == len(report)
+    assert Path(local.plots["counts"]).is_file()
+
+
+def test_push_is_idempotent_and_cli_report(hub, make_report, tmp_path, capsys):
+    import hf_ilp
+    from hf_ilp.cli import main
+
+    report = make_report()
+    out = _run_folder(tmp_path, report)
+    hf_ilp.prepare_push(out, report, hub_model_id="bob/again")
+    first = hf_ilp.push_run(out)
+    assert main(["push", str(out)]) == 0  # pushing the same folder again is harmless
+    assert main(["report", "bob/again", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
+    assert printed["counts"] == report.counts and printed["schema_version"] == 1
+    assert main(["report", "bob/again", "--samples"]) == 0
+    text = capsys.readouterr().out
+    assert "knowledge_conflict" in text and "unlearned samples" in text
+    assert first.attempts == 4  # one attempt per step: nothing was retried
+
+
+@pytest.fixture
+def killable_hub(hub_env, tmp_path):
+    """Start servers that share storage and a port, for tests that kill one mid-push."""
+    servers = []
+
+    def start(port=0, exit_on=None):
+        server = start_hub_server(tmp_path / "storage", port=port, exit_on=exit_on)
+        servers.append(server)
+        return server
+
+    yield start
+    for s in servers:
+        if s.alive:
+            s.kill()
+
+
+def test_server_killed_mid_push_is_retried_with_backoff(killable_hub, make_report, tmp_path):
+    """The server dies while the model commit is on the wire; it comes back; the retry finishes."""
+    import hf_ilp
+
+    report = make_report()
+    out = _run_folder(tmp_path, report)
+    hf_ilp.prepare_push(out, report, hub_model_id="carol/flaky")
+    dying = killable_hub(exit_on=r"^POST /api/models/carol/flaky/commit/")
+    endpoint = dying.endpoint
+
+    def restart_when_dead():
+        deadline = time.monotonic() + 30
+        while dying.alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        killable_hub(port=dying.port)
+
+    watcher = threading.Thread(target=restart_when_dead)
+    watcher.start()
+    start = time.monotonic()
+    result = hf_ilp.push_run(out, endpoint=endpoint, backoff=0.5, max_attempts=6)
+    watcher.join()
+    assert dying.process.returncode == 17  # it really died mid-request
+    assert result.attempts > 4  # some step needed more than one attempt
+    assert time.monotonic() - start >= 0.5  # and it waited before retrying
+    loaded = hf_ilp.load_report("carol/flaky", samples=True, endpoint=endpoint)
+    assert loaded.counts == report.counts and len(loaded.samples) == len(report)
+
+
+def test_push_that_keeps_failing_leaves_the_folder_intact_and_says_how_to_resume(killable_hub, make_report, tmp_path, monkeypatch):
+    import hf_ilp
+    from hf_ilp.cli import main
+
+    report = make_report()
+    out = _run_folder(tmp_path, report)
+    hf_ilp.prepare_push(out, report, hub_model_id="dave/offline")
+    before = _digest(out)
+    dying = killable_hub(exit_on=r"^POST /api/models/dave/offline/commit/")
+    with pytest.raises(hf_ilp.HubPushError) as err:
+        hf_ilp.push_run(out, endpoint=dying.endpoint, backoff=0.05, max_attempts=3)
+    message = str(err.value)
+    assert f"hf-ilp push {out}" in message and "complete" in message and "after 3 attempts" in message
+    after = _digest(out)
+    assert set(after) == set(before)
+    changed = [f for f in before if before[f] != after[f]]
+    assert changed == ["README.md"]  # only the card, which now names the dataset's commit
+    assert hf_ilp.load_report(out, samples=True).counts == report.counts
+
+    # later, with the Hub back: `hf-ilp push DIR` finishes the job
+    back = killable_hub(port=dying.port)
+    point_client_at(monkeypatch, back.endpoint)
+    assert main(["push", str(out)]) == 0
+    assert hf_ilp.load_report("dave/offline", samples=True, endpoint=back.endpoint).counts == report.counts
