@@ -1,7 +1,11 @@
 // Argument checking, group layout and output allocation shared by the CPU op (fp4_cpu.cpp) and
 // the CUDA binding (fp4_cuda_binding.cpp). Uses torch; the kernels themselves do not.
 #pragma once
-#include <ATen/ATen.h>
+// Narrow ATen includes (not <ATen/ATen.h>): they halve the first-use compile time.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 
 #include <string>
 #include <tuple>

@@ -3,8 +3,9 @@
 Why JIT and not a build step in `pip install`: a setup.py extension needs torch at build time,
 and pip's isolated build environment would download a multi-GB CUDA torch to get it. Instead the
 first call of an FP4 op compiles `csrc/` with `torch.utils.cpp_extension.load` (ninja, -O3,
-OpenMP, vectorized for this CPU) into `$HF_ILP_CACHE/torch_extensions/fp4-<key>` (default
-`~/.cache/hf_ilp`), where `<key>` hashes the sources, the op schema, the flags, the torch and
+OpenMP, vectorized for this CPU) into `$HF_ILP_KERNEL_CACHE/fp4-<key>` (default
+`~/.cache/hf_ilp/torch_extensions`; deliberately not under `$HF_ILP_CACHE`, which tests point at
+temporary folders), where `<key>` hashes the sources, the op schema, the flags, the torch and
 Python versions and the CPU's instruction-set flags; later processes load the cached library in
 milliseconds. The CUDA kernel is built as a second library only with a CUDA build of torch and
 nvcc present. Any failure leaves the pure-PyTorch reference in place (same results, slower) and
@@ -36,7 +37,8 @@ def csrc_dir() -> Path:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("HF_ILP_CACHE", Path.home() / ".cache" / "hf_ilp")) / "torch_extensions"
+    default = Path.home() / ".cache" / "hf_ilp" / "torch_extensions"
+    return Path(os.environ.get("HF_ILP_KERNEL_CACHE", default))
 
 
 def _cpu_flags() -> str:

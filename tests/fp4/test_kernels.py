@@ -1,0 +1,190 @@
+"""The compiled kernels equal the pure-PyTorch reference bitwise, and the op's semantics hold."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hf_ilp.fp4 import quantize_fp4
+from hf_ilp.fp4.reference import MODES, fp4_quantize_reference
+
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """Bit pattern of a float32/uint8 tensor, for bitwise comparisons (NaN == NaN)."""
+    t = t.contiguous().reshape(-1)
+    return t if t.dtype == torch.uint8 else t.view(torch.int32)
+
+GROUPS = (16, 32, -1, 0, 7)
+SPECIALS = (0.0, -0.0, float("nan"), float("inf"), float("-inf"), 1e-45, -3e-42, 1e-39, 3.4e38)
+
+
+@st.composite
+def tensors(draw):
+    rows = draw(st.integers(0, 6))
+    cols = draw(st.integers(1, 97))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    dist = draw(st.sampled_from(["normal", "student", "uniform", "ints"]))
+    if dist == "normal":
+        x = rng.standard_normal((rows, cols))
+    elif dist == "student":
+        x = rng.standard_t(3, (rows, cols))
+    elif dist == "uniform":
+        x = rng.uniform(-1, 1, (rows, cols))
+    else:  # exact grid points and midpoints: ties everywhere
+        x = rng.integers(-12, 13, (rows, cols)) / 2.0
+    x = x * 10.0 ** draw(st.integers(-44, 37))  # huge and tiny scales (denormals)
+    x = x.astype(np.float32)
+    if x.size:
+        special = draw(st.lists(st.sampled_from(SPECIALS), max_size=4))
+        for value in special:
+            x.flat[rng.integers(0, x.size)] = value
+        if draw(st.booleans()):  # an all-zero group
+            x[rng.integers(0, rows), : min(cols, 16)] = 0.0
+    t = torch.from_numpy(x)
+    layout = draw(st.sampled_from(["contiguous", "transposed", "strided", "3d"]))
+    if layout == "transposed":
+        t = t.t()
+    elif layout == "strided":
+        t = t[:, ::2]
+    elif layout == "3d" and rows % 2 == 0:
+        t = t.reshape(2, rows // 2, cols)
+    return t
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(x=tensors(), mode=st.sampled_from(MODES), group=st.sampled_from(GROUPS),
+       stochastic=st.booleans(), seed=st.integers(-(2**63), 2**63 - 1))
+def test_kernel_equals_reference_bitwise(fp4_backends, x, mode, group, stochastic, seed):
+    got = quantize_fp4(x, mode, group, stochastic, seed, return_codes=True)
+    want = fp4_quantize_reference(x, mode, group, stochastic, seed, return_codes=True)
+    for g, w, what in zip(got, want, ("dequantized", "codes", "scales")):
+        assert g.shape == w.shape and g.dtype == w.dtype, what
+        assert torch.equal(bits(g), bits(w)), what
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_other_dtypes_round_trip_through_float32(fp4_backends, dtype):
+    x = torch.randn(8, 64).to(dtype)
+    got = quantize_fp4(x, "halfs", 32)[0]
+    want = fp4_quantize_reference(x, "halfs", 32)[0]
+    assert got.dtype == dtype and torch.equal(got, want)
+
+
+def test_round_to_nearest_even_on_the_e2m1_grid(fp4_backends):
+    # amax = 6 -> s_max = 1, so y = x: ties go to the even code (0, 1, 2, 4 are even codes).
+    y = torch.tensor([6.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 0.26, 2.6, 4.9, 5.1, -0.75, -0.1])
+    q, codes, scales = quantize_fp4(y, "max", 0, return_codes=True)
+    assert scales.item() == 1.0
+    assert q.tolist() == [6.0, 0.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0, 0.5, 3.0, 4.0, 6.0, -1.0, -0.0]
+    assert math.copysign(1.0, q[-1].item()) == -1.0
+    low, high = (codes & 0xF).tolist(), (codes >> 4).tolist()
+    assert [v for pair in zip(low, high) for v in pair] == [7, 0, 2, 2, 4, 4, 6, 6, 1, 5, 6, 7, 10, 8]
+
+
+def test_scales_per_mode_and_group_layout(fp4_backends):
+    x = torch.randn(3, 70)
+    amax_blocks = torch.nn.functional.pad(x.abs(), (0, 26)).reshape(3, 3, 32).amax(-1).reshape(-1)
+    assert torch.equal(quantize_fp4(x, "max", 32)[2], amax_blocks / 6)  # 3 rows x 3 blocks (last: 6)
+    assert torch.equal(quantize_fp4(x, "half", 32)[2], amax_blocks / 6 * 0.5)
+    assert torch.equal(quantize_fp4(x, "max", -1)[2], x.abs().amax(-1) / 6)
+    assert torch.equal(quantize_fp4(x, "max", 0)[2], (x.abs().max() / 6).reshape(1))
+
+
+def _group_errors(x, mode, group):
+    q = quantize_fp4(x, mode, group)[0]
+    e = (x.double() - q.double()) ** 2
+    return e.reshape(-1, group).sum(-1) if group > 0 else e.sum(-1)
+
+
+@pytest.mark.parametrize("group", [16, 32, -1])
+def test_halfs_picks_the_lowest_error_candidate(fp4_backends, group):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.distributions.StudentT(3.0).sample((64, 256)) if group == -1 else torch.randn(64, 256, generator=gen)
+    e_halfs, e_half, e_max, e_mse = (_group_errors(x, m, group) for m in ("halfs", "half", "max", "mse"))
+    floor = torch.minimum(torch.minimum(e_half, e_max), e_mse)
+    assert torch.all(e_halfs <= floor * (1 + 1e-6))
+
+
+def test_halfs_beats_max_on_heavy_tailed_rows(fp4_backends):
+    x = torch.distributions.StudentT(3.0).sample((64, 4096))
+    rel = {m: ((quantize_fp4(x, m, -1)[0] - x) ** 2).sum() / (x**2).sum() for m in ("max", "halfs")}
+    assert rel["halfs"] <= 0.7 * rel["max"], rel
+
+
+def test_non_finite_values_pass_through_and_never_set_the_scale(fp4_backends):
+    x = torch.tensor([[1.0, float("nan"), -float("inf"), 3.0], [0.0, 0.0, float("nan"), -0.0]])
+    q, codes, scales = quantize_fp4(x, "max", -1, return_codes=True)
+    assert scales.tolist() == [0.5, 0.0]  # amax 3 / 6; a row without finite non-zeros: 0
+    assert torch.isnan(q[0, 1]) and q[0, 2].item() == -float("inf") and torch.isnan(q[1, 2])
+    assert q[0, 0].item() == 1.0 and q[0, 3].item() == 3.0 and q[1, 0].item() == 0.0
+    assert (codes[1].item() & 0xF) == 0xF  # -inf saturates to code -6
+
+
+@pytest.mark.parametrize("value", [0.1, 0.3, 0.8, 1.3, 2.2, 3.7, 5.5])
+def test_stochastic_rounding_is_unbiased(fp4_backends, value):
+    n_rows = 20000
+    x = torch.full((n_rows, 32), value)
+    x[:, 0] = 6.0  # amax 6 -> scale 1 in every block
+    q = quantize_fp4(x, "max", 32, stochastic=True, seed=1234)[0][:, 1:]
+    step = 0.5 if value < 2 else (1.0 if value < 4 else 2.0)
+    assert abs(q.mean().item() - value) < 4 * (step / 2) / math.sqrt(q.numel())
+    assert set(torch.unique(q).tolist()) <= {value - value % step, value - value % step + step}
+    rne = quantize_fp4(x, "max", 32)[0][:, 1:]
+    assert abs(rne.mean().item() - value) > 0.05  # nearest rounding is biased at these values
+
+
+def test_stochastic_rounding_is_a_function_of_the_seed(fp4_backends):
+    x = torch.randn(16, 64)
+    a, b, c = (quantize_fp4(x, "max", 32, True, s)[0] for s in (7, 7, 8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_bad_arguments_are_named(fp4_backends):
+    with pytest.raises(ValueError, match="mode"):
+        quantize_fp4(torch.randn(4), mode="nvfp4")
+    with pytest.raises((ValueError, RuntimeError), match="group_size"):
+        quantize_fp4(torch.randn(4), group_size=-3)
+    with pytest.raises((TypeError, RuntimeError), match="floating"):
+        quantize_fp4(torch.arange(4), group_size=2)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("halfs", 32, False, 0, True),
+        ("max", -1, True, 5, False),
+        ("mse", 0, False, 0, False),
+        ("half", 16, True, 3, True),
+    ],
+)
+def test_opcheck(fp4_backends, args):
+    x = torch.randn(4, 48)
+    torch.library.opcheck(torch.ops.hf_ilp.fp4_quantize.default, (x, *args))
+    torch.library.opcheck(torch.ops.hf_ilp.fp4_quantize.default, (x.clone().requires_grad_(), *args),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_straight_through_gradient(fp4_backends):
+    x = torch.randn(4, 32, requires_grad=True)
+    q = quantize_fp4(x, "halfs", 32)[0]
+    q.backward(torch.arange(128.0).reshape(4, 32))
+    assert torch.equal(x.grad, torch.arange(128.0).reshape(4, 32))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("group", GROUPS)
+def test_cuda_kernel_equals_reference(fp4_backends, mode, group):
+    x = torch.distributions.StudentT(3.0).sample((33, 301))
+    x[0, :5] = torch.tensor([0.0, float("nan"), float("inf"), 1e-40, -0.0])
+    for stochastic in (False, True):
+        got = quantize_fp4(x.cuda(), mode, group, stochastic, 11, return_codes=True)
+        want = fp4_quantize_reference(x, mode, group, stochastic, 11, return_codes=True)
+        for g, w in zip(got, want):
+            assert torch.equal(bits(g.cpu()), bits(w))
