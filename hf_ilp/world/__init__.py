@@ -9,6 +9,8 @@ _EXPORTS = {
     "build_word_tokenizer": "hf_ilp.world.tokenizer",
     "tiny_llama_config": "hf_ilp.world.model",
     "pretrain": "hf_ilp.world.model",
+    "build_multitask_world": "hf_ilp.world.multitask",
+    "MultiTaskWorld": "hf_ilp.world.multitask",
 }
 
 __all__ = sorted(_EXPORTS)
