@@ -13,6 +13,10 @@ _EXPORTS = {
     # diagnosis contracts
     "CAUSES": "hf_ilp.diagnosis.report",
     "DiagnosisReport": "hf_ilp.diagnosis.report",
+    # diagnosis: one cause per unlearned sample, with evidence
+    "Diagnoser": "hf_ilp.diagnosis.diagnoser",
+    "DiagnoserConfig": "hf_ilp.diagnosis.config",
+    "diagnose": "hf_ilp.diagnosis.diagnoser",
     # tracking: per-sample learning records and the exact learn-check
     "LearnTracker": "hf_ilp.tracking",
     "LearnTrackerConfig": "hf_ilp.tracking",

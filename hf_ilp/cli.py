@@ -10,6 +10,7 @@ import sys
 from importlib import import_module
 
 _SUBCOMMANDS = [
+    "hf_ilp.diagnosis.cli",
     "hf_ilp.hub.cli",
     "hf_ilp.world.cli",
     "hf_ilp.fusion.cli",

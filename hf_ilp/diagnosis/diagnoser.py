@@ -1,0 +1,275 @@
+"""Diagnoser: give every unlearned training sample one cause, a confidence and the evidence.
+
+Inputs: the fine-tuned model, the base model it started from, their tokenizer, the training
+dataset (prompt-completion or conversational) and the LearnTracker records of the run. The
+"learned" verdict is the records' final observation (`final_exact`), or `hf_ilp.check_learned`
+on the fine-tuned model when the records lack it.
+
+Each cause has its own signal module, scored in [0, 1] (0.5 = at its threshold, see
+`DiagnoserConfig`). The causes overlap (METHODS 1.5), so the verdict follows a written
+precedence, most direct evidence first, among the causes whose score reaches `min_score`:
+
+    1. forgetting          observed directly: reproduced at an earlier observation, lost at the end
+    2. data_inconsistency  structure of the data: a near-duplicate prompt carries another answer
+    3. knowledge_conflict  the base model confidently prefers another answer
+    4. missing_knowledge   the base model does not know the answer at all
+    5. under_training      never learned while the loss still fell, or a rare template / long target
+
+The first supported cause wins; `runner_up` is the next supported cause in that order, or, when
+only one (or none) is supported, the best-scoring other cause, with its score, so that a reader
+sees what else the evidence pointed to. A sample with no supported cause is `unexplained`.
+
+    >>> from hf_ilp import diagnose, load_records
+    >>> report = diagnose(model, base_model, tokenizer, train_dataset, load_records(out / "hf_ilp_records"))
+    >>> report.save(out / "diagnosis")
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import weakref
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from hf_ilp.diagnosis._forward import teacher_forced_stats
+from hf_ilp.diagnosis._inputs import check_models, read_samples, tokenize
+from hf_ilp.diagnosis.config import DiagnoserConfig
+from hf_ilp.diagnosis.data_inconsistency import PromptIndex, data_inconsistency_signal, neighbourhood_density
+from hf_ilp.diagnosis.forgetting import forgetting_signal, has_stages
+from hf_ilp.diagnosis.knowledge_conflict import knowledge_conflict_signal
+from hf_ilp.diagnosis.missing_knowledge import missing_knowledge_signal
+from hf_ilp.diagnosis.report import CAUSES, LEARNED, UNEXPLAINED, DiagnosisReport
+from hf_ilp.diagnosis.under_training import under_training_signal
+
+#: Verdict order when several causes are supported (most direct evidence first; METHODS 1.5).
+PRECEDENCE = ("forgetting", "data_inconsistency", "knowledge_conflict", "missing_knowledge", "under_training")
+assert sorted(PRECEDENCE) == sorted(CAUSES)
+
+_RECORD_COLUMNS = ("id", "exact", "nll")
+
+
+class Diagnoser:
+    """Maps each unlearned sample to one ILP cause with its evidence (see the module docstring).
+
+    Example:
+        >>> diagnoser = Diagnoser(DiagnoserConfig(batch_size=32))
+        >>> report = diagnoser.diagnose(model, base_model, tokenizer, train, records, probes=probes)
+        >>> report.counts["knowledge_conflict"]
+    """
+
+    def __init__(self, config: DiagnoserConfig | None = None):
+        self.config = config or DiagnoserConfig()
+
+    def diagnose(self, model, base_model, tokenizer, dataset, records, probes=None, base_tokenizer=None):
+        """Return a `DiagnosisReport` over every row of `dataset` (see the module docstring).
+
+        `records`: LearnTracker records (a Dataset, or the path of a records folder). `probes`:
+        optional Dataset with `id`, `probe_prompts`, `probe_completions` (prerequisite knowledge
+        per sample, read by the base model only). `base_tokenizer`: pass it when the base model
+        has its own saved tokenizer, to check that both tokenizers agree.
+        """
+        cfg = self.config
+        timings = {}
+        t0 = time.perf_counter()
+        samples = read_samples(dataset)
+        check_models(model, base_model, tokenizer, base_tokenizer)
+        rec = _align_records(_load_records(records), samples.ids)
+        notes = []
+        learned = self._learned(rec, model, tokenizer, dataset, notes)
+        unlearned = np.flatnonzero(~learned)
+        n, q = len(samples.ids), len(unlearned)
+        if not samples.has_stage:
+            notes.append("the dataset has no 'stage' column: forgetting is judged across observation points only")
+        elif not has_stages([rec[i] for i in unlearned]):
+            notes.append("the records span a single stage: forgetting is judged across observation points only")
+        scores = {c: np.zeros(q) for c in CAUSES}
+        evidence = {}
+        encoder, encoder_s = None, 0.0
+        if q:
+            # base-model knowledge: one paired pass of base and fine-tuned model over the unlearned rows
+            t = time.perf_counter()
+            sequences = tokenize(tokenizer, [samples.raw[i] for i in unlearned])
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            base = teacher_forced_stats(base_model, sequences, cfg.batch_size, pad, other=model,
+                                        desc="base vs fine-tuned", progress=cfg.progress)
+            probe_stats = self._probe_stats(probes, base_model, tokenizer, [samples.ids[i] for i in unlearned], pad, notes)
+            timings["models_s"] = time.perf_counter() - t
+            scores["missing_knowledge"], ev = missing_knowledge_signal(base, cfg, probe_stats)
+            evidence.update(ev)
+            scores["knowledge_conflict"], ev = knowledge_conflict_signal(base, cfg, probe_stats)
+            evidence.update(ev)
+
+            # data structure: near-duplicate prompts with other answers, template density
+            t = time.perf_counter()
+            index = PromptIndex(samples.prompts, cfg)
+            notes += index.notes
+            encoder, encoder_s = index.encoder, index.encoder_seconds
+            scores["data_inconsistency"], ev = data_inconsistency_signal(
+                index, samples.completions, samples.ids, unlearned, cfg)
+            evidence.update(ev)
+            density = neighbourhood_density(index, cfg)
+            timings["neighbours_s"] = time.perf_counter() - t - encoder_s
+
+            # training dynamics: forgetting, under-training
+            rows = [rec[i] for i in unlearned]
+            scores["forgetting"], ev = forgetting_signal(rows)
+            evidence.update(ev)
+            rank = _rank_share(density)[unlearned]
+            lengths = self._completion_lengths(rec, samples, tokenizer)
+            ratio = lengths[unlearned] / max(np.median(lengths), 1.0)
+            scores["under_training"], ev = under_training_signal(rows, rank, ratio, cfg)
+            evidence.update(ev)
+        timings["encoder_s"] = encoder_s
+        timings["total_s"] = time.perf_counter() - t0
+        report = DiagnosisReport.from_rows(
+            self._rows(samples, rec, learned, unlearned, scores, evidence, cfg.min_score),
+            settings={**cfg.to_dict(), "precedence": list(PRECEDENCE), "encoder": encoder},
+            notes=notes,
+        )
+        report.summary["timings"] = timings
+        if cfg.plots:
+            from hf_ilp.diagnosis.display import plot_report
+
+            tmp = tempfile.mkdtemp(prefix="hf_ilp_plots-")
+            weakref.finalize(report, shutil.rmtree, tmp, True)
+            report.plots = plot_report(report, tmp)
+        return report
+
+    # helpers ------------------------------------------------------------------------------------
+    def _learned(self, rec, model, tokenizer, dataset, notes) -> np.ndarray:
+        finals = [row.get("final_exact") for row in rec]
+        if all(f is not None for f in finals):
+            return np.array([bool(f) for f in finals])
+        try:
+            from hf_ilp import check_learned
+        except (ImportError, AttributeError) as err:
+            raise ValueError("records lack 'final_exact' and hf_ilp.check_learned is unavailable to judge "
+                             "the fine-tuned model directly") from err
+        notes.append("'learned' judged by hf_ilp.check_learned on the fine-tuned model (records lack final_exact)")
+        checked = check_learned(model, tokenizer, dataset, batch_size=self.config.batch_size)
+        return np.array([bool(x) for x in checked["exact"]])
+
+    def _probe_stats(self, probes, base_model, tokenizer, ids, pad, notes):
+        if probes is None:
+            return None
+        missing = [c for c in ("id", "probe_prompts", "probe_completions") if c not in probes.column_names]
+        if missing:
+            raise ValueError(f"probes lack columns {missing}; expected 'id', 'probe_prompts', 'probe_completions'")
+        by_id = {str(r["id"]): (r["probe_prompts"], r["probe_completions"]) for r in probes}
+        pairs, owner = [], []
+        for k, sid in enumerate(ids):
+            prompts, completions = by_id.get(sid, ([], []))
+            if len(prompts) != len(completions):
+                raise ValueError(f"probes for sample {sid!r}: {len(prompts)} prompts but {len(completions)} completions")
+            pairs += list(zip(prompts, completions))
+            owner += [k] * len(prompts)
+        out = {"gm_p": np.full(len(ids), np.nan), "alt_prob": np.full(len(ids), np.nan)}
+        if not pairs:
+            notes.append("probes were given but none matches an unlearned sample's id")
+            return out
+        stats = teacher_forced_stats(base_model, tokenize(tokenizer, pairs), self.config.batch_size, pad,
+                                     desc="base on probes", progress=self.config.progress)
+        owner = np.asarray(owner)
+        for key in out:
+            sums = np.bincount(owner, weights=stats[key], minlength=len(ids))
+            counts = np.bincount(owner, minlength=len(ids))
+            out[key] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        covered = int((np.bincount(owner, minlength=len(ids)) > 0).sum())
+        notes.append(f"prerequisite probes read for {covered} of {len(ids)} unlearned samples")
+        return out
+
+    @staticmethod
+    def _completion_lengths(rec, samples, tokenizer) -> np.ndarray:
+        if all(row.get("n_completion_tokens") is not None for row in rec):
+            return np.array([float(row["n_completion_tokens"]) for row in rec])
+        return np.array([float(len(c)) for _, c in tokenize(tokenizer, samples.raw)])
+
+    @staticmethod
+    def _rows(samples, rec, learned, unlearned, scores, evidence, min_score):
+        position = {int(i): k for k, i in enumerate(unlearned)}
+        ev_names = list(evidence)
+        text_cols = {name for name in ev_names if isinstance(evidence[name], list)}
+        rows = []
+        for i, sid in enumerate(samples.ids):
+            r = rec[i]
+            row = {"id": sid, "learned": bool(learned[i]), "cause": LEARNED, "confidence": float("nan"),
+                   "runner_up": "", "runner_up_confidence": float("nan"), "stage": samples.stages[i]}
+            k = position.get(i)
+            if k is not None:
+                s = {c: float(scores[c][k]) for c in CAUSES}
+                row.update(_verdict(s, min_score))
+            for c in PRECEDENCE:
+                row[f"score_{c}"] = float(scores[c][k]) if k is not None else float("nan")
+            for name in ev_names:
+                if name in text_cols:
+                    row[name] = evidence[name][k] if k is not None else ""
+                else:
+                    row[name] = float(evidence[name][k]) if k is not None else float("nan")
+            for src, dst in (("confidence", "cartography_confidence"), ("variability", "cartography_variability"),
+                             ("correctness", "cartography_correctness")):
+                value = r.get(src)
+                row[dst] = float(value) if value is not None else float("nan")
+            rows.append(row)
+        return rows
+
+
+def diagnose(model, base_model, tokenizer, dataset, records, probes=None, config=None, base_tokenizer=None):
+    """Diagnose every unlearned sample of a fine-tuning run; see `Diagnoser.diagnose`."""
+    return Diagnoser(config).diagnose(model, base_model, tokenizer, dataset, records, probes=probes,
+                                      base_tokenizer=base_tokenizer)
+
+
+def _verdict(scores: dict, min_score: float) -> dict:
+    """Cause, confidence, runner-up and its score from per-cause scores, by PRECEDENCE.
+
+    An unexplained sample's confidence is 1 - its best cause score (how clearly nothing fits).
+    """
+    supported = [c for c in PRECEDENCE if scores[c] >= min_score]
+    if supported:
+        cause = supported[0]
+        others = supported[1:] or sorted((c for c in PRECEDENCE if c != cause), key=lambda c: -scores[c])
+    else:
+        cause = UNEXPLAINED
+        others = sorted(PRECEDENCE, key=lambda c: -scores[c])
+    runner = others[0]
+    return {"cause": cause, "confidence": scores[cause] if cause != UNEXPLAINED else 1.0 - max(scores.values()),
+            "runner_up": runner, "runner_up_confidence": scores[runner]}
+
+
+def _load_records(records):
+    if isinstance(records, (str, Path)):
+        try:
+            from hf_ilp import load_records
+        except (ImportError, AttributeError):
+            from datasets import load_from_disk as load_records
+        return load_records(str(records))
+    return records
+
+
+def _align_records(records, ids):
+    """Record rows in dataset order; a clear error when they do not cover the dataset."""
+    columns = getattr(records, "column_names", None) or (list(records[0]) if len(records) else [])
+    missing_cols = [c for c in _RECORD_COLUMNS if c not in columns]
+    if missing_cols:
+        raise ValueError(f"records lack columns {missing_cols}; pass the LearnTracker records of this run "
+                         "(hf_ilp.load_records(output_dir / 'hf_ilp_records'))")
+    by_id = {str(row["id"]): row for row in records}
+    absent = [i for i in ids if i not in by_id]
+    if absent:
+        raise ValueError(
+            f"records do not match the dataset: {len(absent)} of {len(ids)} dataset ids have no record "
+            f"(e.g. {absent[:3]}); records hold {len(by_id)} ids (e.g. {list(by_id)[:3]}). Pass the records "
+            "of a run on this same dataset"
+        )
+    return [by_id[i] for i in ids]
+
+
+def _rank_share(values) -> np.ndarray:
+    """Share of entries strictly below each value (0 = the smallest); NaN stays NaN."""
+    v = np.asarray(values, dtype=float)
+    order = np.sort(v[~np.isnan(v)])
+    rank = np.searchsorted(order, v, side="left") / max(len(order), 1)
+    return np.where(np.isnan(v), np.nan, rank)

@@ -1,0 +1,42 @@
+"""missing_knowledge: the base model does not know the answer (SliCK "Unknown").
+
+Evidence, from one teacher-forced pass of the base model over the completion (and over the
+sample's prerequisite probes when the user supplies them):
+- `base_gold_prob`: geometric mean probability of the target's tokens;
+- `base_alt_prob`: probability of the base's own choice where it first leaves the target;
+- `probe_gold_prob` / `probe_alt_prob`: the same, averaged over the sample's probes.
+The base knows what a sample needs if it gives the target, or its probes, a fair probability;
+it does not know it when both stay under `unknown_prob` and it has no confident alternative
+(a confident alternative is a conflict, not a gap). Probes sharpen the verdict: a base that
+answers the prerequisites but not the SFT phrasing is not missing knowledge.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hf_ilp.diagnosis.signals import score_below
+
+
+def knowledge(base, probes=None):
+    """How well the base knows each sample (max over target and probes) and its strongest alternative."""
+    known = np.asarray(base["gm_p"], dtype=float)
+    alt = np.asarray(base["alt_prob"], dtype=float)
+    if probes is not None:
+        known = np.fmax(known, probes["gm_p"])
+        alt = np.fmax(alt, probes["alt_prob"])
+    return known, alt
+
+
+def missing_knowledge_signal(base, config, probes=None):
+    """Score (n,) and evidence columns of "the base model does not know it"."""
+    known, alt = knowledge(base, probes)
+    score = np.minimum(
+        score_below(known, config.unknown_prob, config.score_sharpness),
+        score_below(alt, config.confident_alternative_prob, config.score_sharpness),
+    )
+    evidence = {"base_gold_prob": base["gm_p"], "base_alt_prob": base["alt_prob"],
+                "base_exact": base["exact"], "base_seq_prob": base["p_seq"]}
+    if probes is not None:
+        evidence.update(probe_gold_prob=probes["gm_p"], probe_alt_prob=probes["alt_prob"])
+    return score, evidence
