@@ -44,6 +44,17 @@ _EXPORTS = {
     "convert_to_halfs_fp4_training": "hf_ilp.fp4",
     "HalfSFP4TrainerMixin": "hf_ilp.fp4",
     "quantize_fp4": "hf_ilp.fp4",
+    # interventions: one mitigation per cause
+    "intervene": "hf_ilp.interventions",
+    "InterventionConfig": "hf_ilp.interventions",
+    "InterventionResult": "hf_ilp.interventions",
+    "KnowledgeSource": "hf_ilp.interventions",
+    "BM25KnowledgeSource": "hf_ilp.interventions",
+    "EmbeddingKnowledgeSource": "hf_ilp.interventions",
+    "ConflictBucketSampler": "hf_ilp.interventions",
+    "DynamicResamplingCallback": "hf_ilp.interventions",
+    "ValLossRiseStopping": "hf_ilp.interventions",
+    "TrainSamplerMixin": "hf_ilp.interventions",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -13,8 +13,12 @@ never modified. One module per cause:
 - `under_training` under_training: extra epochs with early stopping on validation loss,
                    optional upsampling of the flagged samples.
 - `sampling`       `TrainSamplerMixin`: hand any Trainer its training sampler.
+- `apply`          `intervene(cause, report, train_dataset, output_dir, ...)`: checks, then one
+                   new atomic output folder per intervention (see its docstring for the layout).
 """
 
+from hf_ilp.interventions.apply import InterventionConfig, InterventionResult, before_after, intervene
+from hf_ilp.interventions.forgetting import DynamicResamplingCallback, ResamplingSampler, global_shuffle
 from hf_ilp.interventions.inconsistency import (
     ConflictBucketSampler,
     conflict_buckets,
@@ -22,14 +26,38 @@ from hf_ilp.interventions.inconsistency import (
     likelihood_judge,
     resolve_conflicts,
 )
+from hf_ilp.interventions.knowledge import (
+    BM25KnowledgeSource,
+    EmbeddingKnowledgeSource,
+    KnowledgeSource,
+    continued_pretraining,
+    injection_corpus,
+    world_knowledge_source,
+)
 from hf_ilp.interventions.sampling import TrainSamplerMixin, TrainSamplerSFTTrainer
+from hf_ilp.interventions.under_training import ValLossRiseStopping, upsample
 
 __all__ = [
+    "BM25KnowledgeSource",
     "ConflictBucketSampler",
+    "DynamicResamplingCallback",
+    "EmbeddingKnowledgeSource",
+    "InterventionConfig",
+    "InterventionResult",
+    "KnowledgeSource",
+    "ResamplingSampler",
     "TrainSamplerMixin",
     "TrainSamplerSFTTrainer",
+    "ValLossRiseStopping",
+    "before_after",
     "conflict_buckets",
     "conflict_groups",
+    "continued_pretraining",
+    "global_shuffle",
+    "injection_corpus",
+    "intervene",
     "likelihood_judge",
     "resolve_conflicts",
+    "upsample",
+    "world_knowledge_source",
 ]

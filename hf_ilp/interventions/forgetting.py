@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from hf_ilp.interventions._common import prompt_text
 
 SOURCE_STAGE = "source_stage"
 
@@ -74,32 +73,6 @@ class ResamplingSampler(torch.utils.data.Sampler):
                 yield pool[int(pick * len(pool))]
             else:
                 yield next(perm)
-
-
-def _exact_match(model, tokenizer, rows, batch_size: int) -> list[bool]:
-    """Greedy reproduction under teacher forcing: argmax equals the target at every completion
-    position (the EOS included), tokenized as TRL's SFTTrainer does."""
-    eos = tokenizer.eos_token or ""
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        seqs, spans = [], []
-        for r in chunk:
-            p = tokenizer(prompt_text(r))["input_ids"]
-            c = r["completion"] if isinstance(r["completion"], str) else "\n".join(m["content"] for m in r["completion"])
-            full = tokenizer(prompt_text(r) + c + eos)["input_ids"]
-            n = next((i for i, (a, b) in enumerate(zip(p, full)) if a != b), min(len(p), len(full)))
-            seqs.append(full)
-            spans.append((n, len(full)))
-        width = max(len(s) for s in seqs)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-        pred = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
-        for k, (a, b) in enumerate(spans):
-            out.append(bool(a < b and (pred[k, a - 1:b - 1] == ids[k, a:b]).all()))
-    return out
 
 
 class DynamicResamplingCallback(TrainerCallback):
@@ -153,10 +126,9 @@ class DynamicResamplingCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self._period:
             return
-        was_training = model.training
-        model.eval()
-        exact = _exact_match(model, self.tokenizer, list(self.probe), self.batch_size)
-        model.train(was_training)
+        from hf_ilp.tracking import check_learned
+
+        exact = check_learned(model, self.tokenizer, self.probe, batch_size=self.batch_size, progress=False)["exact"]
         hits = defaultdict(list)
         for ok, s in zip(exact, self.probe[self.subset_column]):
             hits[s].append(ok)

@@ -1,0 +1,110 @@
+"""The pieces alone: knowledge sources, dynamic resampling, early stopping on validation loss."""
+
+import copy
+
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_ilp.interventions.forgetting import DynamicResamplingCallback, ResamplingSampler, global_shuffle
+from hf_ilp.interventions.knowledge import BM25KnowledgeSource, EmbeddingKnowledgeSource
+from hf_ilp.interventions.under_training import ValLossRiseStopping, upsample
+
+from tests.interventions.conftest import make_rows, sft_args
+
+DOCS = ["Paris is the capital of France.", "The Nile flows through Egypt and Sudan.",
+        "Photosynthesis turns light into chemical energy in plants.", "Mount Kilimanjaro is in Tanzania."]
+
+
+def test_bm25_source_finds_the_document_and_nothing_for_unrelated_text():
+    src = BM25KnowledgeSource(DOCS)
+    hits = src.retrieve(["capital of France?", "zzz qqq"], k=2)
+    assert hits[0][0] == DOCS[0] and hits[1] == []
+    with pytest.raises(ValueError, match="texts is empty"):
+        BM25KnowledgeSource([])
+
+
+def test_embedding_source_ranks_by_meaning():
+    src = EmbeddingKnowledgeSource(DOCS)
+    hits = src.retrieve(["Which river runs through Egypt?", "How do plants make energy from sunlight?"], k=1)
+    assert hits == [[DOCS[1]], [DOCS[2]]]
+
+
+def test_resampling_sampler_replays_boosted_subsets():
+    subsets = [0] * 50 + [1] * 50
+    s = ResamplingSampler(subsets, replay_share=0.5, seed=0)
+    plain = list(s)
+    assert sorted(plain) == list(range(100))
+    s.boosted.add(0)
+    boosted = list(s)
+    share = sum(i < 50 for i in boosted) / len(boosted)
+    assert len(boosted) == 100 and share == pytest.approx(0.75, abs=0.1)  # 0.5 replay + half of the rest
+
+
+def _learn(model, tokenizer, rows, tmp_path, steps=40):
+    from trl import SFTTrainer
+
+    args = sft_args(tmp_path, max_steps=steps, per_device_train_batch_size=8, learning_rate=2e-2)
+    SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer).train()
+    return model
+
+
+def test_dynamic_resampling_boosts_a_subset_whose_accuracy_dropped(tmp_path, tokenizer, tiny_model):
+    from transformers import TrainerControl, TrainerState
+
+    rows = [dict(r, source_stage=0) for r in make_rows(8)]
+    probe = Dataset.from_list(rows)
+    learned = _learn(copy.deepcopy(tiny_model), tokenizer, rows, tmp_path)
+    cb = DynamicResamplingCallback(probe, tokenizer, every_k_steps=1, threshold=0.05)
+
+    class _T:
+        args = sft_args(tmp_path)
+
+    sampler = cb.sampler(_T, Dataset.from_list(rows + [dict(r, source_stage=1) for r in make_rows(8)]))
+    state, control = TrainerState(max_steps=10), TrainerControl()
+    cb.on_train_begin(_T.args, state, control)
+    state.global_step = 1
+    cb.on_step_end(_T.args, state, control, model=learned)
+    assert cb.history[-1]["accuracy"]["0"] > 0.5 and sampler.boosted == set()
+    state.global_step = 2
+    cb.on_step_end(_T.args, state, control, model=tiny_model)  # an untrained model: accuracy collapses
+    assert cb.history[-1]["accuracy"]["0"] < 0.2 and sampler.boosted == {0}
+    state.global_step = 3
+    cb.on_step_end(_T.args, state, control, model=learned)  # recovered
+    assert sampler.boosted == set()
+
+
+def test_global_shuffle_keeps_rows_and_the_former_stage():
+    ds = Dataset.from_list(make_rows(12, stages=3))
+    out = global_shuffle(ds, seed=1)
+    assert sorted(out["id"]) == sorted(ds["id"]) and out["id"] != ds["id"]
+    assert dict(zip(out["id"], out["source_stage"])) == dict(zip(ds["id"], ds["stage"]))
+    assert "stage" in ds.column_names  # input unchanged
+
+
+def test_val_loss_rise_stops_and_restores_the_last_good_weights(tmp_path, tokenizer, tiny_model):
+    from trl import SFTTrainer
+
+    train = Dataset.from_list(make_rows(16))
+    # validation asks the same questions, answered with words that are never an answer in training:
+    # fitting the training set raises its loss
+    val = Dataset.from_list([dict(r, completion=f" w{k}") for k, r in enumerate(make_rows(16))])
+    start = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    stop = ValLossRiseStopping(delta=0.01)
+    args = sft_args(tmp_path, num_train_epochs=4, eval_strategy="epoch", learning_rate=2e-2)
+    trainer = SFTTrainer(model=tiny_model, args=args, train_dataset=train, eval_dataset=val,
+                         processing_class=tokenizer, callbacks=[stop])
+    trainer.evaluate()
+    trainer.train()
+    assert stop.stopped_at_epoch is not None and stop.stopped_at_epoch < 4
+    assert trainer.state.epoch < 4
+    # the weights are back to those of the last accepted evaluation, whose loss they reproduce
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(stop.losses[-1], rel=1e-5)
+    if len(stop.losses) == 1:  # the first extra epoch was refused: the starting weights
+        assert all(torch.equal(start[k], v) for k, v in tiny_model.state_dict().items())
+
+
+def test_upsample_repeats_only_the_flagged():
+    ds = Dataset.from_list(make_rows(6))
+    out = upsample(ds, ["s1", "s4"], 3)
+    assert len(out) == 10 and out["id"].count("s1") == 3 and out["id"].count("s0") == 1 and len(ds) == 6
