@@ -188,3 +188,29 @@ def test_cuda_kernel_equals_reference(fp4_backends, mode, group):
         want = fp4_quantize_reference(x, mode, group, stochastic, 11, return_codes=True)
         for g, w in zip(got, want):
             assert torch.equal(bits(g.cpu()), bits(w))
+
+
+def test_failed_build_falls_back_to_the_reference_with_one_notice(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, torch\n"
+        "warnings.simplefilter('always')\n"
+        "from hf_ilp.fp4 import quantize_fp4, backends\n"
+        "from hf_ilp.fp4.reference import fp4_quantize_reference as ref\n"
+        "x = torch.randn(5, 40)\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    a = quantize_fp4(x, 'halfs', 16)\n"
+        "    b = quantize_fp4(x, 'halfs', 16)\n"
+        "notices = [str(m.message) for m in w if 'pure-PyTorch reference' in str(m.message)]\n"
+        "assert len(notices) == 1, notices\n"
+        "assert backends() == {'cpu': 'reference', 'cuda': 'reference'}\n"
+        "assert all(torch.equal(p, q) for p, q in zip(a, ref(x, 'halfs', 16)))\n"
+        "print('fallback ok')\n"
+    )
+    env = dict(os.environ, HF_ILP_CSRC=str(tmp_path / "missing"), HF_ILP_KERNEL_CACHE=str(tmp_path / "cache"))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "fallback ok" in result.stdout, result.stderr[-2000:]
