@@ -32,8 +32,9 @@ import torch
 from hf_ilp.interventions._common import flagged_ids, prompt_text
 from hf_ilp.interventions.sampling import optimizer_batch_size
 
-#: Evidence column a diagnoser may fill with the ids of a sample's conflicting partners.
-PARTNER_COLUMNS = ("conflict_ids", "duplicate_ids", "neighbor_ids")
+#: Report evidence columns naming a sample's conflicting partner(s): the Diagnoser's
+#: `dup_neighbor` (one id), or a user's `conflict_ids` (a list of ids).
+PARTNER_COLUMNS = ("dup_neighbor", "conflict_ids")
 
 
 def _normalize(text: str) -> str:
@@ -45,7 +46,7 @@ def conflict_groups(report, dataset) -> list[list[str]]:
 
     A flagged sample's group is every row whose prompt is the same after lower-casing and keeping
     only word characters, joined with the partners the report names in an evidence column
-    (`conflict_ids` / `duplicate_ids` / `neighbor_ids`) when the diagnoser provides one. Groups
+    (`dup_neighbor`, the Diagnoser's near-duplicate, or `conflict_ids`). Groups
     that share a member are merged. Groups of one row are dropped (nothing to separate).
     """
     flagged = flagged_ids(report, "data_inconsistency")
@@ -60,7 +61,11 @@ def conflict_groups(report, dataset) -> list[list[str]]:
     cols = [c for c in PARTNER_COLUMNS if c in report.samples.column_names]
     if cols:
         for row in report.samples.select_columns(["id", *cols]):
-            partners[str(row["id"])] = {str(p) for c in cols for p in (row[c] or [])}
+            found = set()
+            for c in cols:
+                value = row[c]
+                found |= {str(v) for v in ([value] if isinstance(value, str) else value or []) if v != ""}
+            partners[str(row["id"])] = found
     # union-find over ids
     parent = {}
 

@@ -125,3 +125,15 @@ def test_bucketed_sft_trainer_never_batches_a_group(tmp_path, tokenizer, tiny_mo
             chunk = set(order[start:start + size])
             assert all(len(chunk & set(g)) <= 1 for g in groups)
     assert trainer.state.global_step == 2 * math.ceil(len(ds) / 4)
+
+
+def test_groups_follow_the_diagnosers_near_duplicate_evidence():
+    rows = make_rows(6) + [{"id": "para", "prompt": "the answer of w2 is what ?", "completion": " w30"}]
+    ds = Dataset.from_list(rows)
+    report_rows = [
+        {"id": r["id"], "learned": r["id"] != "para", "cause": "data_inconsistency" if r["id"] == "para" else "",
+         "confidence": 1.0, "runner_up": "", "runner_up_confidence": 0.0,
+         "dup_neighbor": "s2" if r["id"] == "para" else ""}
+        for r in rows
+    ]
+    assert conflict_groups(DiagnosisReport.from_rows(report_rows), ds) == [["para", "s2"]]
