@@ -1,0 +1,1 @@
+"""The `incomplete_learning` evaluate metric (see incomplete_learning.py)."""
