@@ -148,7 +148,10 @@ def amend_model_card(
         body = card.text
     data = card.data
     if isinstance(data.base_model, str) and _looks_like_path(data.base_model):
-        data.base_model = None  # a local folder is not a Hub id and names a path of this machine
+        # a local folder is not a Hub id, and it names a path of this machine: keep only its name
+        local, name = data.base_model, Path(data.base_model.rstrip("/")).name
+        body = body.replace(f"[{local}](https://huggingface.co/{local})", f"`{name}`").replace(local, name)
+        data.base_model = None
     data.tags = sorted(set(data.tags or []) | set(_TAGS))
     data.model_name = data.model_name or model_name
     kept = [r for r in (data.eval_results or []) if not r.metric_type.startswith("hf_ilp/")]
