@@ -1,16 +1,15 @@
-"""Diagnosis inputs: the training rows as (prompt, completion) pairs, their ids, and checks.
+"""Diagnosis inputs: the training rows as (prompt, completion) token ids, their ids, and checks.
 
-Accepts TRL's prompt-completion format (`prompt`, `completion`, strings or conversational
-message lists) and the conversational format (`messages`, whose last assistant turn is the
-completion). Tokenization follows SFTTrainer: the prompt alone and prompt + completion are
-tokenized, and the completion starts where the two first differ. Diagnosis judges the content
-of a completion, so no EOS is appended (the base model never saw the SFT format's stop).
+Rows are tokenized by the tracker's own code (`hf_ilp.tracking.learn_check.tokenize_rows`, which
+follows SFTTrainer: prompt-completion or conversational rows, the completion starting where the
+tokenized prompt and prompt + completion first differ), so sample ids of rows without an `id`
+column are the records' ids. Diagnosis judges the content of a completion, so the EOS token that
+TRL appends to a plain-text completion is left out of what the signals read (the base model never
+saw the SFT format's stop); a chat template's end-of-turn tokens stay.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 
@@ -23,68 +22,65 @@ class Samples:
     completions: list[str]
     stages: list[int]  # -1 when the data has no `stage` column
     has_stage: bool
-    raw: list  # what `tokenize` needs: (prompt, completion) strings or message lists
+    sequences: list[tuple[list[int], list[int]]]  # (prompt_ids, completion_ids), EOS of plain text left out
 
 
-def read_samples(dataset) -> Samples:
-    """Read ids, texts and stages from a `datasets.Dataset` (or a list of dicts)."""
-    columns = dataset.column_names if hasattr(dataset, "column_names") else (list(dataset[0]) if len(dataset) else [])
+def read_samples(dataset, tokenizer) -> Samples:
+    """Read ids, texts, stages and token ids from a `datasets.Dataset` of training rows."""
+    columns = list(getattr(dataset, "column_names", None) or [])
     if "messages" not in columns and not {"prompt", "completion"} <= set(columns):
         raise ValueError(
             f"dataset has columns {columns}; expected 'prompt' and 'completion' (prompt-completion format) "
             "or 'messages' (conversational format)"
         )
-    ids, prompts, completions, stages, raw = [], [], [], [], []
-    has_stage = "stage" in columns
+    prompts, completions = [], []
+    plain = []
     for i, row in enumerate(dataset):
-        if "prompt" in row and "completion" in row and row["prompt"] is not None:
+        if row.get("prompt") is not None:
             prompt, completion = row["prompt"], row["completion"]
         else:
-            prompt, completion = _split_messages(row["messages"], i)
-        raw.append((prompt, completion))
+            messages = row["messages"] or []
+            if len(messages) < 2 or messages[-1].get("role") != "assistant":
+                raise ValueError(f"row {i}: 'messages' must end with the assistant's answer after at least one turn")
+            prompt, completion = messages[:-1], messages[-1:]
         prompts.append(_text(prompt))
         completions.append(_text(completion))
-        ids.append(str(row["id"]) if row.get("id") is not None else content_id(prompt, completion))
-        stages.append(int(row["stage"]) if has_stage and row["stage"] is not None else -1)
+        plain.append(isinstance(completion, str))
+    rows = _tokenize_rows(dataset, tokenizer)
+    ids = list(rows.names)
     if len(set(ids)) != len(ids):
-        seen, dup = set(), None
-        for x in ids:
-            if x in seen:
-                dup = x
-                break
-            seen.add(x)
-        raise ValueError(f"dataset ids must be unique; {dup!r} occurs more than once (fix the 'id' column)")
-    return Samples(ids, prompts, completions, stages, has_stage, raw)
+        seen = set()
+        dup = next(x for x in ids if x in seen or seen.add(x))
+        raise ValueError(f"dataset ids must be unique; {dup!r} occurs more than once (fix the 'id' column, or "
+                         "drop exact duplicate rows, which share a content hash)")
+    sequences = [_split(r, t, i, tokenizer.eos_token_id if p else None, ids[i])
+                 for i, (r, t, p) in enumerate(zip(rows.ids, rows.targets, plain))]
+    return Samples(ids, prompts, completions, list(rows.stages), "stage" in columns, sequences)
 
 
-def content_id(prompt, completion) -> str:
-    """Stable id of a row without an `id` column: a hash of its prompt and completion."""
-    blob = json.dumps([prompt, completion], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+def tokenize_pairs(tokenizer, prompts, completions) -> list[tuple[list[int], list[int]]]:
+    """(prompt_ids, completion_ids) of plain-text pairs (probes), tokenized like the training rows."""
+    from datasets import Dataset
+
+    if not prompts:
+        return []
+    rows = _tokenize_rows(Dataset.from_dict({"prompt": list(prompts), "completion": list(completions)}), tokenizer)
+    return [_split(r, t, i, tokenizer.eos_token_id, f"probe {prompts[i]!r}")
+            for i, (r, t) in enumerate(zip(rows.ids, rows.targets))]
 
 
-def tokenize(tokenizer, pairs) -> list[tuple[list[int], list[int]]]:
-    """(prompt_ids, completion_ids) per pair, split where SFTTrainer splits them."""
-    out = []
-    for i, (prompt, completion) in enumerate(pairs):
-        if isinstance(prompt, str):
-            prompt_ids = tokenizer(prompt)["input_ids"]
-            full_ids = tokenizer(prompt + completion)["input_ids"]
-        else:
-            if getattr(tokenizer, "chat_template", None) is None:
-                raise ValueError(
-                    f"row {i} is conversational but the tokenizer has no chat template; set "
-                    "tokenizer.chat_template or use the prompt-completion format"
-                )
-            prompt_ids = _ids(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True))
-            full_ids = _ids(tokenizer.apply_chat_template(prompt + completion, tokenize=True))
-        start = 0
-        while start < min(len(prompt_ids), len(full_ids)) and prompt_ids[start] == full_ids[start]:
-            start += 1
-        if start == 0 or start >= len(full_ids):
-            raise ValueError(f"row {i}: the completion tokenizes to nothing after the prompt (prompt={_text(prompt)!r})")
-        out.append((list(full_ids[:start]), list(full_ids[start:])))
-    return out
+def _tokenize_rows(dataset, tokenizer):
+    from hf_ilp.tracking.learn_check import tokenize_rows
+
+    return tokenize_rows(dataset, tokenizer)
+
+
+def _split(ids, targets, i, eos_id, name):
+    start = next((k for k, t in enumerate(targets) if t), None)
+    end = len(ids) - 1 if eos_id is not None and len(ids) > 1 and ids[-1] == eos_id else len(ids)
+    if start is None or start >= end:
+        raise ValueError(f"row {i} ({name}): the completion has no token to diagnose after the prompt")
+    return list(ids[:start]), list(ids[start:end])
 
 
 def check_models(model, base_model, tokenizer, base_tokenizer=None) -> None:
@@ -113,22 +109,7 @@ def check_models(model, base_model, tokenizer, base_tokenizer=None) -> None:
         )
 
 
-def _split_messages(messages, i):
-    if not messages:
-        raise ValueError(f"row {i}: 'messages' is empty")
-    last = max((k for k, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
-    if last is None or last == 0:
-        raise ValueError(f"row {i}: 'messages' needs an assistant turn after at least one other turn")
-    return list(messages[:last]), [messages[last]]
-
-
 def _text(x) -> str:
     if isinstance(x, str):
         return x
     return "\n".join(str(m.get("content", "")) for m in x)
-
-
-def _ids(x):
-    if isinstance(x, dict) or hasattr(x, "keys"):
-        x = x["input_ids"]
-    return list(x)

@@ -81,8 +81,8 @@ class DiagnoserConfig:
     # under_training ----------------------------------------------------------------------------
     falling_loss: float = field(
         default=0.05,
-        metadata={"help": "Loss still falling: relative drop of the sample's completion NLL per observation "
-                  "over the last observations (records' `loss_slope` / mean NLL) above this (5%)."},
+        metadata={"help": "Loss still falling: the sample's completion NLL drops by more than this share per "
+                  "observation (slope of log NLL over the last three observation steps; 0.05 = 5%)."},
     )
     rare_template_quantile: float = field(
         default=0.1,

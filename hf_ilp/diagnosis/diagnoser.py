@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from hf_ilp.diagnosis._forward import teacher_forced_stats
-from hf_ilp.diagnosis._inputs import check_models, read_samples, tokenize
+from hf_ilp.diagnosis._inputs import check_models, read_samples, tokenize_pairs
 from hf_ilp.diagnosis.config import DiagnoserConfig
 from hf_ilp.diagnosis.data_inconsistency import PromptIndex, data_inconsistency_signal, neighbourhood_density
 from hf_ilp.diagnosis.forgetting import forgetting_signal, has_stages
@@ -74,7 +74,7 @@ class Diagnoser:
         cfg = self.config
         timings = {}
         t0 = time.perf_counter()
-        samples = read_samples(dataset)
+        samples = read_samples(dataset, tokenizer)
         check_models(model, base_model, tokenizer, base_tokenizer)
         rec = _align_records(_load_records(records), samples.ids)
         notes = []
@@ -91,7 +91,7 @@ class Diagnoser:
         if q:
             # base-model knowledge: one paired pass of base and fine-tuned model over the unlearned rows
             t = time.perf_counter()
-            sequences = tokenize(tokenizer, [samples.raw[i] for i in unlearned])
+            sequences = [samples.sequences[i] for i in unlearned]
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
             base = teacher_forced_stats(base_model, sequences, cfg.batch_size, pad, other=model,
                                         desc="base vs fine-tuned", progress=cfg.progress)
@@ -118,7 +118,8 @@ class Diagnoser:
             scores["forgetting"], ev = forgetting_signal(rows)
             evidence.update(ev)
             rank = _rank_share(density)[unlearned]
-            lengths = self._completion_lengths(rec, samples, tokenizer)
+            lengths = np.array([float(row.get("n_completion_tokens") or len(seq[1]))
+                                for row, seq in zip(rec, samples.sequences)])
             ratio = lengths[unlearned] / max(np.median(lengths), 1.0)
             scores["under_training"], ev = under_training_signal(rows, rank, ratio, cfg)
             evidence.update(ev)
@@ -170,7 +171,7 @@ class Diagnoser:
         if not pairs:
             notes.append("probes were given but none matches an unlearned sample's id")
             return out
-        stats = teacher_forced_stats(base_model, tokenize(tokenizer, pairs), self.config.batch_size, pad,
+        stats = teacher_forced_stats(base_model, tokenize_pairs(tokenizer, *zip(*pairs)), self.config.batch_size, pad,
                                      desc="base on probes", progress=self.config.progress)
         owner = np.asarray(owner)
         for key in out:
@@ -180,12 +181,6 @@ class Diagnoser:
         covered = int((np.bincount(owner, minlength=len(ids)) > 0).sum())
         notes.append(f"prerequisite probes read for {covered} of {len(ids)} unlearned samples")
         return out
-
-    @staticmethod
-    def _completion_lengths(rec, samples, tokenizer) -> np.ndarray:
-        if all(row.get("n_completion_tokens") is not None for row in rec):
-            return np.array([float(row["n_completion_tokens"]) for row in rec])
-        return np.array([float(len(c)) for _, c in tokenize(tokenizer, samples.raw)])
 
     @staticmethod
     def _rows(samples, rec, learned, unlearned, scores, evidence, min_score):

@@ -2,9 +2,10 @@
 
 Direct observation from the LearnTracker records, no threshold: the greedy-reproduction verdict
 (`exact`) was true at some observation before the final one and false at the final one.
-- With sequential stages (the records' `obs_stage` takes several values), learning it during an
-  earlier stage and losing it later is the paper's left-side forgetting (cause 4): score 0.9 or
-  more (`forgot_stage`: the stage during which it was last reproduced).
+- With sequential stages (the records' `obs_stage` takes several values), a sample of an earlier
+  stage that was reproduced while its own or a later, non-final stage was trained, and lost by
+  the end, shows the paper's left-side forgetting (cause 4): score 0.9 or more (`forgot_stage`:
+  the last stage during which it was still reproduced).
 - Otherwise (one stage, or a dataset without a `stage` column) it is judged across observation
   points only: score 0.5 + 0.5 x the share of observations since it was first learned at which it
   was still reproduced (a sample reproduced once and never again scores just above 0.5, one held
@@ -34,8 +35,9 @@ def forgetting_signal(records_rows):
         evidence["learned_obs_share"][r] = share
         score[r] = 0.5 + 0.5 * share
         stages = list(row.get("obs_stage") or [])
-        if len(set(stages)) > 1 and len(stages) == len(exact):
-            learned_stages = [s for s, e in zip(stages[:-1], earlier) if e and s < stages[-1]]
+        own = row.get("stage", -1)
+        if len(set(stages)) > 1 and len(stages) == len(exact) and 0 <= own < stages[-1]:
+            learned_stages = [s for s, e in zip(stages[:-1], earlier) if e and own <= s < stages[-1]]
             if learned_stages:
                 evidence["forgot_stage"][r] = max(learned_stages)
                 score[r] = max(score[r], 0.9)

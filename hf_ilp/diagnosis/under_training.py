@@ -1,9 +1,11 @@
 """under_training: never learned, and the optimization had not finished with it.
 
 Evidence (any of the three, for a sample never reproduced at any observation):
-- `loss_drop`: its completion NLL was still falling at the end, as a relative drop per
-  observation over the last three distinct observation steps (unit-free, so one threshold,
-  `falling_loss`, fits any loss scale and any observation schedule);
+- `loss_drop`: its completion NLL was still falling at the end of its training, as a relative
+  drop per observation over the last three distinct observation steps (unit-free, so one
+  threshold, `falling_loss`, fits any loss scale and any observation schedule). With sequential
+  stages only the observations made while the sample's own stage was trained count: later
+  stages do not train it, so their drift says nothing about its optimization;
 - `template_rarity`: its prompt's neighbourhood density ranks in the lowest
   `rare_template_quantile` of the dataset (few similar prompts to learn the pattern from);
 - `length_ratio`: its completion is `long_target_ratio` times the dataset's median length or more.
@@ -42,9 +44,15 @@ def under_training_signal(records_rows, density_rank, length_ratio, config):
 
 def _loss_drop(row) -> float:
     """Relative NLL drop per observation over the last `_WINDOW` distinct steps (NaN if too few)."""
+    steps = row.get("obs_step") or list(range(len(row["nll"])))
+    stages = row.get("obs_stage") or [-1] * len(steps)
+    own = row.get("stage", -1)
+    keep = [k for k, s in enumerate(stages) if s == own] if own is not None and own >= 0 else []
+    if len(keep) < 2:
+        keep = range(len(steps))
     by_step = {}
-    for step, nll in zip(row.get("obs_step") or range(len(row["nll"])), row["nll"]):
-        by_step[step] = nll
+    for k in keep:
+        by_step[steps[k]] = row["nll"][k]
     nll = np.array([by_step[s] for s in sorted(by_step)], dtype=float)[-_WINDOW:]
     if len(nll) < 2 or not np.all(np.isfinite(nll)) or np.any(nll <= 0):
         return np.nan

@@ -64,7 +64,7 @@ def bigram_llama(tokenizer, table, floor=1e-4):
     model = LlamaForCausalLM(config)
     logp = torch.full((vocab, vocab), -math.log(vocab))
     for token, dist in table.items():
-        row = torch.full((vocab,), max(1.0 - sum(dist.values()), floor) / vocab)
+        row = torch.full((vocab,), max(1.0 - sum(dist.values()), floor) / (vocab - len(dist)))
         for nxt, p in dist.items():
             row[tokenizer.convert_tokens_to_ids(nxt)] = p
         logp[tokenizer.convert_tokens_to_ids(token)] = (row / row.sum()).log()
