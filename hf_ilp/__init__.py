@@ -28,6 +28,14 @@ _EXPORTS = {
     "push_run": "hf_ilp.hub",
     "HubPushError": "hf_ilp.hub",
     "DiagnosisCardMixin": "hf_ilp.hub",
+    # parameter isolation: EPI callback and the shared masks
+    "EvolvingIsolationCallback": "hf_ilp.isolation.callback",
+    "IsolationConfig": "hf_ilp.isolation.config",
+    "UpdateMasker": "hf_ilp.isolation.masks",
+    "CompactMask": "hf_ilp.isolation.masks",
+    "select_top_p": "hf_ilp.isolation.masks",
+    # multi-task world
+    "build_multitask_world": "hf_ilp.world.multitask",
     # CPI-FT (fusion)
     "slerp": "hf_ilp.fusion.slerp",
     "core_regions": "hf_ilp.fusion.core",

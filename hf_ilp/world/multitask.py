@@ -39,13 +39,13 @@ from pathlib import Path
 
 from hf_ilp._io import atomic_dir
 
-VERSION = 1
+VERSION = 2
 
 _SIZES = {
     # tiny: builds in a few seconds, for tests; small: a couple of minutes, for benchmarks.
     "tiny": dict(
         tasks=("copy", "reverse", "shift"), n_symbols=16, length=3, train_per_task=96, val_per_task=32,
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, pretrain_texts=1200, pretrain_epochs=6,
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, pretrain_texts=800, pretrain_epochs=6,
     ),
     "small": dict(
         tasks=("copy", "reverse", "shift", "swap"), n_symbols=24, length=4, train_per_task=256, val_per_task=64,
