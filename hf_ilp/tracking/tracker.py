@@ -499,13 +499,11 @@ class LearnTracker(TrainerCallback):
                 stacklevel=3,
             )
             return
-        saved_rows = dict(zip(saved["row_names"], saved["row_hashes"]))
-        current = dict(zip(self.rows.names, self.rows.hashes))
         if saved["row_hashes"] != self.rows.hashes or saved["row_names"] != self.rows.names:
-            changed = [n for n in dict.fromkeys(list(saved_rows) + list(current)) if saved_rows.get(n) != current.get(n)]
+            changed = {n for n, _ in set(zip(saved["row_names"], saved["row_hashes"])) ^ set(zip(self.rows.names, self.rows.hashes))}
             raise ValueError(
                 f"LearnTracker: the tracked dataset changed since checkpoint {folder} was saved; rows added, removed "
-                f"or edited: {_names(changed) or '(same rows, another order)'}. Resume with the same data and settings."
+                f"or edited: {_names(sorted(changed)) or '(same rows, another order)'}. Resume with the same data and settings."
             )
         self._counter = saved["counter"]
         self._step_offset = saved["step_offset"]
