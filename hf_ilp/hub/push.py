@@ -91,6 +91,8 @@ def prepare_push(
     report = publishable(report)
     report.save(output_dir / REPORT_DIRNAME)
     if trainer is not None:
+        if getattr(trainer, "hub_model_id", None) is None:
+            trainer.hub_model_id = hub_model_id  # TRL's card quotes it in its quick-start snippet
         trainer.create_model_card(model_name=hub_model_id.split("/")[-1], dataset_name=trained_on)
     amend_model_card(output_dir, report, model_repo_id=hub_model_id, dataset_repo_id=dataset_repo_id, trained_on=trained_on)
     settings = {"hub_model_id": hub_model_id, "dataset_repo_id": dataset_repo_id, "trained_on": trained_on, "private": private, "revision": revision}
@@ -169,6 +171,62 @@ def push_run(
         ),
     ).oid
     return PushResult(hub_model_id, dataset_repo_id, model_commit, dataset_commit, attempts[0])
+
+
+@dataclass
+class HubSettings:
+    """The Hub fields of a run's training arguments, held apart from them (see `take_hub_settings`)."""
+
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    token: str | None = None
+    private: bool | None = None
+    revision: str | None = None
+
+
+def take_hub_settings(training_args) -> HubSettings:
+    """Take the Hub fields out of `training_args` and turn off the Trainer's own pushing.
+
+    Left on, the Trainer creates the repo when it is built and pushes checkpoints while training,
+    so a run would need the network from its first step, and `training_args.bin` would hold the
+    token. hf_ilp pushes once, at the end, with the diagnosis (`publish_run`). Call it before
+    building any trainer; it fails early when `--push_to_hub` lacks `--hub_model_id`.
+    """
+    settings = HubSettings(
+        push_to_hub=bool(training_args.push_to_hub),
+        hub_model_id=training_args.hub_model_id,
+        token=training_args.hub_token,
+        private=training_args.hub_private_repo,
+        revision=training_args.hub_revision,
+    )
+    if settings.push_to_hub:
+        _check_repo_id(settings.hub_model_id, "--hub_model_id (needed by --push_to_hub)")
+    training_args.push_to_hub = False
+    training_args.hub_token = None
+    return settings
+
+
+def publish_run(trainer, report, hub: HubSettings, trained_on: str | None = None, dataset_repo_id: str | None = None) -> PushResult | None:
+    """End of a recipe: the card with the diagnosis goes into the output folder; pushed if asked.
+
+    With a `hub_model_id` the folder is prepared for the Hub (`prepare_push`) so that
+    ``hf-ilp push DIR`` can push it later; with `push_to_hub` it is pushed now. Only the main
+    process writes and pushes; the others return None.
+    """
+    if not trainer.is_world_process_zero():
+        return None
+    output_dir = Path(trainer.args.output_dir)
+    if hub.hub_model_id is None:
+        report = publishable(report)
+        report.save(output_dir / REPORT_DIRNAME)
+        trainer.create_model_card(model_name=output_dir.name, dataset_name=trained_on)
+        amend_model_card(output_dir, report, trained_on=trained_on)
+        return None
+    prepare_push(output_dir, report, hub.hub_model_id, dataset_repo_id=dataset_repo_id, trained_on=trained_on,
+                 private=hub.private, revision=hub.revision, trainer=trainer)
+    if not hub.push_to_hub:
+        return None
+    return push_run(output_dir, token=hub.token)
 
 
 def _with_retries(what, fn, max_attempts, backoff, attempts, output_dir):

@@ -175,3 +175,40 @@ def test_push_that_keeps_failing_leaves_the_folder_intact_and_says_how_to_resume
     point_client_at(monkeypatch, back.endpoint)
     assert main(["push", str(out)]) == 0
     assert hf_ilp.load_report("dave/offline", samples=True, endpoint=back.endpoint).counts == report.counts
+
+
+def test_recipe_flow_trains_offline_then_publishes(hub, make_report, tmp_path):
+    """take_hub_settings before training (no network, no token in training_args.bin), publish_run after."""
+    from datasets import Dataset
+    from huggingface_hub import HfApi, ModelCard
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    import hf_ilp
+    from hf_ilp.hub import publish_run, take_hub_settings
+    from hf_ilp.world.tokenizer import build_word_tokenizer
+
+    token = "hf_" + "t" * 34
+    args = SFTConfig(output_dir=str(tmp_path / "run"), max_steps=2, bf16=False, gradient_checkpointing=False, report_to="none",
+                     save_strategy="steps", save_steps=1, push_to_hub=True, hub_model_id="erin/recipe", hub_token=token)
+    hub_settings = take_hub_settings(args)
+    assert args.push_to_hub is False and args.hub_token is None and hub_settings.token == token
+    tok = build_word_tokenizer(["a", "b", "c"])
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+    data = Dataset.from_list([{"prompt": "a b", "completion": " c"}] * 4)
+    trainer = SFTTrainer(model=LlamaForCausalLM(cfg), args=args, train_dataset=data, processing_class=tok)
+    trainer.train()
+    trainer.save_model()
+    assert token.encode() not in (tmp_path / "run" / "training_args.bin").read_bytes()
+
+    result = publish_run(trainer, make_report(), hub_settings, trained_on="toy")
+    assert result.model_repo_id == "erin/recipe"
+    api = HfApi(endpoint=hub.endpoint)
+    files = set(api.list_repo_files("erin/recipe"))
+    assert {"model.safetensors", "tokenizer.json", "README.md"} <= files and not any(f.startswith("checkpoint-") for f in files)
+    card = ModelCard.load(api.hf_hub_download("erin/recipe", "README.md"))
+    assert 'model="erin/recipe"' in card.text and "sft" in card.data.tags and "hf_ilp" in card.data.tags
+    assert hf_ilp.load_report("erin/recipe", samples=True).counts == make_report().counts
+
+    with pytest.raises(ValueError, match="hub_model_id"):
+        take_hub_settings(SFTConfig(output_dir=str(tmp_path / "x"), push_to_hub=True, report_to="none", bf16=False, gradient_checkpointing=False))
