@@ -212,3 +212,30 @@ def test_recipe_flow_trains_offline_then_publishes(hub, make_report, tmp_path):
 
     with pytest.raises(ValueError, match="hub_model_id"):
         take_hub_settings(SFTConfig(output_dir=str(tmp_path / "x"), push_to_hub=True, report_to="none", bf16=False, gradient_checkpointing=False))
+
+
+def test_trainer_push_to_hub_with_the_card_mixin(hub, make_report, tmp_path):
+    """Trainer.push_to_hub: on_push_begin -> save -> create_model_card -> upload; the mixin's card survives."""
+    from datasets import Dataset
+    from huggingface_hub import ModelCard
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    import hf_ilp
+    from hf_ilp.world.tokenizer import build_word_tokenizer
+
+    class DiagnosedSFTTrainer(hf_ilp.DiagnosisCardMixin, SFTTrainer):
+        pass
+
+    tok = build_word_tokenizer(["a", "b", "c"])
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+    args = SFTConfig(output_dir=str(tmp_path / "run"), max_steps=1, bf16=False, gradient_checkpointing=False, report_to="none",
+                     save_strategy="no", push_to_hub=True, hub_model_id="frank/mixin")
+    data = Dataset.from_list([{"prompt": "a b", "completion": " c"}] * 2)
+    trainer = DiagnosedSFTTrainer(model=LlamaForCausalLM(cfg), args=args, train_dataset=data, processing_class=tok)
+    trainer.hf_ilp_report = make_report()
+    trainer.push_to_hub()
+    card = ModelCard.load("frank/mixin")
+    assert card.data.to_dict()["hf_ilp"]["counts"] == trainer.hf_ilp_report.counts
+    assert "## Incomplete learning diagnosis" in card.text and "sft" in card.data.tags
+    assert hf_ilp.load_report("frank/mixin").counts == trainer.hf_ilp_report.counts
