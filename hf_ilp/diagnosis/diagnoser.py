@@ -144,13 +144,11 @@ class Diagnoser:
         finals = [row.get("final_exact") for row in rec]
         if all(f is not None for f in finals):
             return np.array([bool(f) for f in finals])
-        try:
-            from hf_ilp import check_learned
-        except (ImportError, AttributeError) as err:
-            raise ValueError("records lack 'final_exact' and hf_ilp.check_learned is unavailable to judge "
-                             "the fine-tuned model directly") from err
+        from hf_ilp.tracking import check_learned
+
         notes.append("'learned' judged by hf_ilp.check_learned on the fine-tuned model (records lack final_exact)")
-        checked = check_learned(model, tokenizer, dataset, batch_size=self.config.batch_size)
+        checked = check_learned(model, tokenizer, dataset, batch_size=self.config.batch_size,
+                                progress=self.config.progress)
         return np.array([bool(x) for x in checked["exact"]])
 
     def _probe_stats(self, probes, base_model, tokenizer, ids, pad, notes):
@@ -236,11 +234,9 @@ def _verdict(scores: dict, min_score: float) -> dict:
 
 def _load_records(records):
     if isinstance(records, (str, Path)):
-        try:
-            from hf_ilp import load_records
-        except (ImportError, AttributeError):
-            from datasets import load_from_disk as load_records
-        return load_records(str(records))
+        from hf_ilp.tracking import load_records
+
+        return load_records(records)
     return records
 
 

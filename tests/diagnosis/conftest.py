@@ -58,7 +58,8 @@ def bigram_llama(tokenizer, table, floor=1e-4):
     Tokens absent from `table` predict uniformly; the mass a row leaves free is spread uniformly.
     """
     vocab = len(tokenizer)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=vocab, num_hidden_layers=1, num_attention_heads=1,
+    hidden = vocab + vocab % 2  # RoPE wants an even head size
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=1,
                          num_key_value_heads=1, intermediate_size=8, max_position_embeddings=64,
                          tie_word_embeddings=False, pad_token_id=0, bos_token_id=2, eos_token_id=3)
     model = LlamaForCausalLM(config)
@@ -69,12 +70,13 @@ def bigram_llama(tokenizer, table, floor=1e-4):
             row[tokenizer.convert_tokens_to_ids(nxt)] = p
         logp[tokenizer.convert_tokens_to_ids(token)] = (row / row.sum()).log()
     with torch.no_grad():
-        model.model.embed_tokens.weight.copy_(torch.eye(vocab))
+        model.model.embed_tokens.weight.copy_(torch.eye(vocab, hidden))
         layer = model.model.layers[0]
         layer.self_attn.o_proj.weight.zero_()
         layer.mlp.down_proj.weight.zero_()
-        # RMSNorm turns a one-hot vector into sqrt(vocab) * one-hot
-        model.lm_head.weight.copy_(logp.T / math.sqrt(vocab))
+        # RMSNorm turns a one-hot vector into sqrt(hidden) * one-hot
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[:, :vocab].copy_(logp.T / math.sqrt(hidden))
     return model.eval()
 
 
@@ -94,6 +96,7 @@ def finetuned_table():
     table["e8"] = {"v3": 0.3, "v5": 0.3}
     table["e9"] = {"v1": 0.3, "v6": 0.3}
     table["e10"] = {"v4": 0.4, "v1": 0.45}
+    table["v0"] = {"</s>": 0.9}  # so that known0 (and only it) is reproduced with its EOS
     return table
 
 

@@ -1,0 +1,145 @@
+"""The Diagnoser end to end on data the world did not make: verdicts, report, CLI, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+from datasets import Dataset
+
+from hf_ilp import CAUSES, DiagnosisReport, Diagnoser, DiagnoserConfig, diagnose
+from hf_ilp.tracking.records import save_records
+from hf_ilp.world.tokenizer import build_word_tokenizer
+
+from conftest import ENTITIES, EXPECTED, VALUES, WORDS, base_table, bigram_llama, make_records
+
+LEXICAL = DiagnoserConfig(encoder="lexical", progress=False)
+LEARNED = {f"known{i}" for i in range(4)}
+
+
+def _verdicts(report):
+    return {r["id"]: r["cause"] for r in report.samples if not r["learned"]}
+
+
+def test_hand_built_rows_without_stage(fact_world, fact_records, tmp_path):
+    train = Dataset.from_list(fact_world["rows"])
+    report = diagnose(fact_world["model"], fact_world["base"], fact_world["tokenizer"], train, fact_records,
+                      config=LEXICAL)
+    assert _verdicts(report) == EXPECTED
+    s = report.summary
+    assert s["n_samples"] == 13 and s["n_unlearned"] == 9
+    assert s["counts"] == {"missing_knowledge": 2, "knowledge_conflict": 2, "data_inconsistency": 2,
+                           "forgetting": 1, "under_training": 1, "unexplained": 1}
+    assert s["unexplained_share"] == pytest.approx(1 / 9)
+    assert any("no 'stage' column" in n and "observation points only" in n for n in s["notes"])
+    assert s["settings"]["precedence"][0] == "forgetting" and s["settings"]["encoder"] is None
+    rows = {r["id"]: r for r in report.samples}
+    # the runner-up and its evidence: dupB also contradicts what the base knows; forgot10 was never known
+    assert rows["dupB"]["runner_up"] == "knowledge_conflict" and rows["dupB"]["runner_up_confidence"] > 0.9
+    assert rows["forgot10"]["runner_up"] == "missing_knowledge"
+    assert rows["dupA"]["dup_neighbor"] == "dupB" and rows["conflict4"]["base_alt_prob"] == pytest.approx(0.9, abs=1e-3)
+    assert rows["known0"]["cause"] == "" and np.isnan(rows["known0"]["score_missing_knowledge"])
+    # the report folder round-trips and carries both figures
+    out = report.save(tmp_path / "diagnosis")
+    assert {p.name for p in (out / "plots").iterdir()} == {"cartography.png", "causes.png"}
+    loaded = DiagnosisReport.load(out)
+    assert loaded.counts == report.counts and len(loaded) == 13
+    assert loaded.samples["cause"] == report.samples["cause"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["timings"]["total_s"] > 0
+
+
+def test_stages_give_left_side_forgetting(fact_world):
+    rows = [{**r, "stage": 0 if r["id"] == "forgot10" else 1} for r in fact_world["rows"]]
+    records = make_records(rows, learned=LEARNED, forgotten={"forgot10"}, falling={"long7"},
+                           stage_of={r["id"]: r["stage"] for r in rows})
+    report = diagnose(fact_world["model"], fact_world["base"], fact_world["tokenizer"], Dataset.from_list(rows),
+                      records, config=LEXICAL)
+    row = {r["id"]: r for r in report.samples}["forgot10"]
+    assert row["cause"] == "forgetting" and row["confidence"] == pytest.approx(0.9) and row["forgot_stage"] == 0
+    assert not any("observation points only" in n for n in report.summary["notes"])
+
+
+def test_conversational_messages_match_prompt_completion(fact_world, fact_records):
+    tokenizer = build_word_tokenizer(WORDS + ENTITIES + VALUES)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    convo = Dataset.from_list([
+        {"id": r["id"], "messages": [{"role": "user", "content": r["prompt"]},
+                                     {"role": "assistant", "content": r["completion"].strip()}]}
+        for r in fact_world["rows"]
+    ])
+    report = diagnose(fact_world["model"], fact_world["base"], tokenizer, convo, fact_records, config=LEXICAL)
+    assert _verdicts(report) == EXPECTED
+
+
+def test_probes_sharpen_the_base_knowledge_verdict(fact_world, fact_records):
+    """missing8's prerequisite, asked the way the base knows it, is known: no longer missing knowledge."""
+    train = Dataset.from_list(fact_world["rows"])
+    probes = Dataset.from_list([
+        {"id": "missing8", "probe_prompts": ["what is the colour of e3"], "probe_completions": [" v3"]},
+        {"id": "missing9", "probe_prompts": ["what is the colour of e9"], "probe_completions": [" v1"]},
+    ])
+    report = diagnose(fact_world["model"], fact_world["base"], fact_world["tokenizer"], train, fact_records,
+                      probes=probes, config=LEXICAL)
+    rows = {r["id"]: r for r in report.samples}
+    assert rows["missing8"]["probe_gold_prob"] == pytest.approx(0.9, abs=1e-3)
+    assert rows["missing8"]["cause"] != "missing_knowledge"
+    assert rows["missing9"]["cause"] == "missing_knowledge" and rows["missing9"]["probe_gold_prob"] < 0.2
+    assert np.isnan(rows["conflict4"]["probe_gold_prob"])  # no probe for it
+    assert any("probes read for 2 of 9" in n for n in report.summary["notes"])
+
+
+def test_learned_verdict_from_check_learned_when_records_lack_it(fact_world, fact_records):
+    train = Dataset.from_list(fact_world["rows"])
+    records = fact_records.remove_columns("final_exact")
+    report = Diagnoser(LEXICAL).diagnose(fact_world["model"], fact_world["base"], fact_world["tokenizer"], train,
+                                         records)
+    learned = {r["id"] for r in report.samples if r["learned"]}
+    assert learned == {"known0", "long7"}  # the rows whose completion and EOS are all the argmax
+    assert any("check_learned" in n for n in report.summary["notes"])
+
+
+def test_everything_learned_gives_an_empty_valid_report(fact_world, tmp_path):
+    rows = fact_world["rows"]
+    records = make_records(rows, learned={r["id"] for r in rows})
+    report = diagnose(fact_world["model"], fact_world["base"], fact_world["tokenizer"], Dataset.from_list(rows),
+                      records, config=LEXICAL)
+    assert report.summary["n_unlearned"] == 0 and report.summary["unexplained_share"] == 0.0
+    assert set(report.samples["cause"]) == {""} and all(report.counts[c] == 0 for c in CAUSES)
+    assert DiagnosisReport.load(report.save(tmp_path / "r")).summary["n_unlearned"] == 0
+
+
+def test_bad_input_is_refused_clearly(fact_world, fact_records):
+    tok, base, model = fact_world["tokenizer"], fact_world["base"], fact_world["model"]
+    train = Dataset.from_list(fact_world["rows"])
+    bigger = build_word_tokenizer(WORDS + ENTITIES + VALUES + ["extra"])
+    with pytest.raises(ValueError, match="different vocabularies"):
+        diagnose(model, bigram_llama(bigger, base_table()), tok, train, fact_records, config=LEXICAL)
+    shuffled = build_word_tokenizer(list(reversed(WORDS + ENTITIES + VALUES)))
+    with pytest.raises(ValueError, match="map tokens to ids differently"):
+        diagnose(model, base, tok, train, fact_records, config=LEXICAL, base_tokenizer=shuffled)
+    with pytest.raises(ValueError, match="records do not match the dataset: 1 of 13"):
+        diagnose(model, base, tok, train, fact_records.select(range(12)), config=LEXICAL)
+    with pytest.raises(ValueError, match=r"records lack columns \['exact', 'nll'\]"):
+        diagnose(model, base, tok, train, fact_records.select_columns(["id"]), config=LEXICAL)
+    with pytest.raises(ValueError, match="expected 'prompt' and 'completion'"):
+        diagnose(model, base, tok, train.rename_column("completion", "answer"), fact_records, config=LEXICAL)
+    with pytest.raises(ValueError, match="must lie strictly between 0 and 1"):
+        DiagnoserConfig(unknown_prob=1.5)
+
+
+def test_cli_on_saved_folders(fact_world, fact_records, tmp_path, capsys):
+    from hf_ilp.cli import main
+
+    tok = fact_world["tokenizer"]
+    for name in ("model", "base"):
+        fact_world[name].save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    Dataset.from_list(fact_world["rows"]).to_json(tmp_path / "train.jsonl")
+    save_records(tmp_path / "records", fact_records, meta={})
+    code = main(["diagnose", "--model", str(tmp_path / "model"), "--base", str(tmp_path / "base"),
+                 "--dataset", str(tmp_path / "train.jsonl"), "--records", str(tmp_path / "records"),
+                 "--output", str(tmp_path / "report"), "--encoder", "lexical", "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "knowledge_conflict" in printed and "report written to" in printed
+    assert _verdicts(DiagnosisReport.load(tmp_path / "report")) == EXPECTED
