@@ -55,6 +55,27 @@ def _is_float(entry) -> bool:
     return entry.dtype.startswith(("F", "BF"))
 
 
+_SAMPLE = 1 << 16  # entries sampled to estimate a tensor's cut when it alone offers too many candidates
+
+
+def _candidates(d: torch.Tensor, floor: float, k: int, gen: torch.Generator):
+    """Indices of entries of `d` above `floor` that may be among the global top k.
+
+    At most k entries of one tensor can be in the global top k, and they are its largest: any cut
+    that leaves at least min(k, #above floor) entries keeps them all. A quantile of a random
+    sample gives such a cut cheaply; if it leaves too few, the exact fallback is `floor`.
+    """
+    keep = d > floor
+    if int(keep.sum()) > 2 * k:
+        sample = d[torch.randint(d.numel(), (_SAMPLE,), generator=gen)]
+        cut = float(torch.quantile(sample, 1.0 - 1.25 * k / d.numel()))
+        if cut > floor:
+            tighter = d > cut
+            if int(tighter.sum()) >= k:
+                keep = tighter
+    return keep.nonzero().squeeze(1)
+
+
 @torch.no_grad()
 def core_regions(base, task, share: float = 0.01) -> dict[str, CompactMask]:
     """Core region of `task`: top `share` of entries by |task - base|, globally over all tensors."""
@@ -64,40 +85,34 @@ def core_regions(base, task, share: float = 0.01) -> dict[str, CompactMask]:
     names = [n for n, e in base.entries.items() if _is_float(e)]
     total = sum(base.entries[n].numel for n in names)
     k = round(share * total)
-    vals = torch.empty(0)
-    idx = torch.empty(0, dtype=torch.long)
-    offsets = {}
-    offset = 0
+    gen = torch.Generator().manual_seed(0)
+    vals, idx = [torch.empty(0)], [torch.empty(0, dtype=torch.long)]
+    held, floor = 0, 0.0  # floor: a lower bound of the global k-th largest |delta| (0: changed at all)
+    offsets, offset = {}, 0
     for name in names:
         offsets[name] = offset
-        n = base.entries[name].numel
         if k:
             d = task.read(name).reshape(-1).float()
             d.sub_(base.read(name).reshape(-1).float()).abs_()
-            floor = float(vals.min()) if vals.numel() == k else 0.0
-            above = d > floor
-            count = int(above.sum())
-            if count > k:
-                v, i = torch.topk(d, k, sorted=False)
-                keep = v > floor
-                v, i = v[keep], i[keep]
-            elif count:
-                i = above.nonzero().squeeze(1)
-                v = d[i]
-            else:
-                v, i = d[:0], idx[:0]
-            del d, above
-            vals, idx = torch.cat([vals, v]), torch.cat([idx, i + offset])
-            if vals.numel() > k:
-                vals, keep = torch.topk(vals, k, sorted=False)
-                idx = idx[keep]
-        offset += n
-    idx, _ = torch.sort(idx)
+            i = _candidates(d, floor, k, gen)
+            vals.append(d[i])
+            idx.append(i + offset)
+            held += i.numel()
+            del d
+            if held > 2 * k:  # prune to the k largest so far; their minimum is the new floor
+                v, j = torch.cat(vals), torch.cat(idx)
+                v, keep = torch.topk(v, k, sorted=False)
+                vals, idx, held, floor = [v], [j[keep]], k, float(v.min())
+        offset += base.entries[name].numel
+    v, j = torch.cat(vals), torch.cat(idx)
+    if v.numel() > k:
+        j = j[torch.topk(v, k, sorted=False).indices]
+    j, _ = torch.sort(j)
     out = {}
     for name in names:
         lo, n = offsets[name], base.entries[name].numel
-        a, b = torch.searchsorted(idx, torch.tensor([lo, lo + n])).tolist()
-        out[name] = CompactMask.from_indices(idx[a:b] - lo, base.entries[name].shape)
+        a, b = torch.searchsorted(j, torch.tensor([lo, lo + n])).tolist()
+        out[name] = CompactMask.from_indices(j[a:b] - lo, base.entries[name].shape)
     return out
 
 

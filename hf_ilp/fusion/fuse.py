@@ -204,7 +204,7 @@ def fuse_checkpoints(
         else:
             lacking = [name for name in srcs if name not in cores]
             if lacking:
-                raise ValueError(f"cores given for {sorted(cores)} but not for tasks {lacking}; pass cores for every task or none")
+                raise ValueError(f"cores given for tasks {sorted(cores)[:5]} but not for {lacking}; pass {{task: cores}} for every task or none")
             cores = {name: cores[name] for name in srcs}
             for task, masks in cores.items():
                 for n, m in masks.items():

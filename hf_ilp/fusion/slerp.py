@@ -29,14 +29,15 @@ def _check_t(t) -> float:
     return t
 
 
-_CHUNK = 1 << 16  # elements per partial dot product: cache-resident, exact enough in float32
+_CHUNK = 1 << 22  # elements per partial dot product: few calls, exact enough in float32
 
 
 def _dots(a: torch.Tensor, b: torch.Tensor):
     """(a.a, b.b, a.b) of flattened tensors, as Python floats.
 
-    Whole-tensor float32 reductions lose up to 1e-3 relative on 25M elements; partial dots over
-    64K-element chunks summed in double precision are accurate to ~1e-8 and need no scratch.
+    Whole-tensor float32 reductions lose up to 1e-5 (BLAS dot) or 1e-3 (vector_norm) relative on
+    25M elements; partial dots over 4M-element chunks summed in double precision stay near 1e-6,
+    need no scratch, and keep the number of (threaded) calls small.
     """
     a, b = a.reshape(-1), b.reshape(-1)
     aa = bb = ab = 0.0
