@@ -69,17 +69,11 @@ def _names(names, limit=10) -> str:
     return ", ".join(map(str, names[:limit])) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def _world():
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _all_gather(obj) -> list:
-    rank, world = _world()
-    if world == 1:
+def _all_gather(obj, args) -> list:
+    """`obj` of every process of the run, in rank order (the trainer's view: `args.world_size`)."""
+    if args.world_size == 1:
         return [obj]
-    out = [None] * world
+    out = [None] * args.world_size
     dist.all_gather_object(out, obj)
     return out
 
@@ -320,18 +314,18 @@ class LearnTracker(TrainerCallback):
                 self._pending.setdefault(i, entry)
 
     # ---- observations -----------------------------------------------------------------------
-    def _merged_pending(self) -> dict[int, tuple]:
+    def _merged_pending(self, args) -> dict[int, tuple]:
         merged: dict[int, tuple] = {}
-        for part in _all_gather(self._pending):
+        for part in _all_gather(self._pending, args):
             for i, entry in part.items():
                 if i not in merged or entry[0] < merged[i][0]:
                     merged[i] = entry
         return merged
 
-    def _observe_window(self, kind, state):
-        merged = self._merged_pending()
+    def _observe_window(self, kind, args, state):
+        merged = self._merged_pending(args)
         self._pending = {}
-        problems = _all_gather((self._unmatched, sorted(self._nonfinite), sorted(self._uncovered)))
+        problems = _all_gather((self._unmatched, sorted(self._nonfinite), sorted(self._uncovered)), args)
         self._unmatched, self._nonfinite, self._uncovered = 0, set(), set()
         unmatched = sum(p[0] for p in problems)
         nonfinite = sorted({i for p in problems for i in p[1]})
@@ -367,10 +361,9 @@ class LearnTracker(TrainerCallback):
             pass_at_n=pass_at_n(p_gold, self.config.num_samples) if self.config.temperature == 1.0 else np.full(len(idx), np.nan),
         )
 
-    def _observe_all(self, kind, state, model):
-        rank, world = _world()
+    def _observe_all(self, kind, args, state, model):
         valid = np.flatnonzero(self.rows.n_targets() > 0)
-        mine = valid[rank::world]
+        mine = valid[args.process_index :: args.world_size]
         scores = score_rows(
             model,
             self.rows,
@@ -381,7 +374,7 @@ class LearnTracker(TrainerCallback):
             progress=state.is_world_process_zero,
             desc=f"learn-check ({kind})",
         )
-        parts = _all_gather((mine, scores))
+        parts = _all_gather((mine, scores), args)
         idx = np.concatenate([p[0] for p in parts])
         order = np.argsort(idx)
         cols = {k: np.concatenate([p[1][k] for p in parts])[order] for k in ("nll", "token_acc", "exact", "p_gold", "pass_at_n")}
@@ -405,18 +398,18 @@ class LearnTracker(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         epoch_done = state.epoch is not None and abs(state.epoch - round(state.epoch)) < 1e-9
         if self.config.observe_epochs and epoch_done:
-            self._observe_window("epoch", state)
+            self._observe_window("epoch", args, state)
         elif self.config.every_n_steps and state.global_step % self.config.every_n_steps == 0:
-            self._observe_window("steps", state)
+            self._observe_window("steps", args, state)
 
     def on_epoch_end(self, args, state, control, **kwargs):
         # an epoch cut short by max_steps or a stop signal: observe what it trained
         if self.config.observe_epochs and self._last_obs_step != state.global_step:
-            self._observe_window("epoch", state)
+            self._observe_window("epoch", args, state)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self._pending = {}
-        self._observe_all("final", state, model)
+        self._observe_all("final", args, state, model)
         self._ended_step = state.global_step
         if self._hook is not None:
             self._hook.remove()
@@ -476,7 +469,7 @@ class LearnTracker(TrainerCallback):
         self.records_path = save_records(path, self.records, meta, tracker_state)
 
     def on_save(self, args, state, control, **kwargs):
-        pending = self._merged_pending()
+        pending = self._merged_pending(args)
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         self._write(args, state, checkpoint / RECORDS_DIRNAME, pending)
         self._write(args, state, self._records_dir(args), pending)

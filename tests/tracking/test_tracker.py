@@ -163,3 +163,21 @@ def test_bad_setups_are_named(make_model, word_tokenizer, rows, tmp_path):
     records = load_records(tmp_path)
     row = records[records["id"].index("too-long")]
     assert row["n_completion_tokens"] == 0 and row["obs_kind"] == [] and row["first_learned_step"] == -1
+
+
+@pytest.mark.slow
+def test_two_processes_record_what_one_process_records(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (gloo on CPU) with half the per-device batch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = str(Path(__file__).with_name("two_process_run.py"))
+    subprocess.run([sys.executable, script, str(tmp_path / "one"), "16"], check=True, capture_output=True)
+    subprocess.run(
+        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", script, str(tmp_path / "two"), "8"],
+        check=True, capture_output=True,
+    )
+    one, two = load_records(tmp_path / "one"), load_records(tmp_path / "two")
+    assert {k for kinds in one["obs_kind"] for k in kinds} == {"steps", "epoch", "final"}
+    _assert_same_records(one, two, rtol=1e-4, atol=1e-6)
