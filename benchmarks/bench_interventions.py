@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 CAUSE_ORDER = ("missing_knowledge", "knowledge_conflict", "data_inconsistency", "forgetting", "under_training")
+RUN_ORDER = ("data_inconsistency", "forgetting", "under_training", "missing_knowledge", "knowledge_conflict")
 
 
 def _unlearned_by_cause(model, tokenizer, train, world_cause):
@@ -36,15 +37,22 @@ def _unlearned_by_cause(model, tokenizer, train, world_cause):
     return counts, sum(normal) / len(normal)
 
 
+def _save(out, a, before, normal_before, report, results):
+    (out / "bench_interventions.json").write_text(json.dumps(
+        {"size": a.size, "seed": a.seed, "before": before, "normal_before": normal_before,
+         "diagnosed": report.counts, "results": results}, indent=2, default=str))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="small", choices=["tiny", "small"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--causes", default=",".join(CAUSE_ORDER))
+    p.add_argument("--causes", default=",".join(RUN_ORDER))
     p.add_argument("--out", default=None, help="where runs are written (default: a temporary folder)")
-    p.add_argument("--knowledge-repeats", type=int, default=8,
+    p.add_argument("--knowledge-repeats", type=int, default=4,
                    help="times each retrieved document appears in the CPT mix (a tiny model needs many exposures)")
     p.add_argument("--cpt-epochs", type=float, default=3.0)
+    p.add_argument("--cpt-batch-size", type=int, default=64)
     a = p.parse_args(argv)
 
     from hf_ilp import LearnTracker
@@ -69,9 +77,11 @@ def main(argv=None):
     report = diagnose(sft, base, tok, train, tracker.records, probes=world.probes)
     report.save(out / "baseline" / "report")
     before, normal_before = _unlearned_by_cause(sft, tok, train, world_cause)
-    print(f"baseline: unlearned planted {before}, normals learned {normal_before:.3f}; diagnosed {report.counts}")
+    print(f"baseline: unlearned planted {before}, normals learned {normal_before:.3f}; diagnosed {report.counts}",
+          flush=True)
 
-    cfg = InterventionConfig(knowledge_repeats=a.knowledge_repeats, cpt_epochs=a.cpt_epochs)
+    cfg = InterventionConfig(knowledge_repeats=a.knowledge_repeats, cpt_epochs=a.cpt_epochs,
+                             cpt_batch_size=a.cpt_batch_size)
     # documents to retrieve from: the world's complete corpus (it states the facts the SFT set needs);
     # general text: the world's own pre-training corpus, as a user would mix in their general data
     source = world_knowledge_source(world)
@@ -99,7 +109,9 @@ def main(argv=None):
             "details": {k: v for k, v in res.manifest["details"].items() if k != "resampling_history"},
         }
         results.append(row)
-        print(f"{cause}: {res.manifest['method']} in {row['seconds']:.0f} s; unlearned planted after {after}")
+        print(f"{cause}: {res.manifest['method']} in {row['seconds']:.0f} s; unlearned planted after {after}, "
+              f"normals learned {normal_after:.3f}", flush=True)
+        _save(out, a, before, normal_before, report, results)
 
     print()
     header = f"{'cause':<20}{'flagged':>8}{'own before':>11}{'own after':>10}{'removed':>9}" \
@@ -113,9 +125,6 @@ def main(argv=None):
         print(f"{r['cause']:<20}{r['flagged']:>8}{r['own_before']:>11}{r['own_after']:>10}{r['own_removed']:>9.0%}"
               f"{str(r['others_before']) + '->' + str(r['others_after']):>13}{r['others_change']:>+8.0%}"
               f"{r['normal_learned']:>8.0%}  {'ok' if all(ok) else 'MISSED ' + ','.join(n for n, o in zip(('own', 'others', 'normal'), ok) if not o)}")
-    (out / "bench_interventions.json").write_text(json.dumps(
-        {"size": a.size, "seed": a.seed, "before": before, "normal_before": normal_before,
-         "diagnosed": report.counts, "results": results}, indent=2, default=str))
     print(f"\nruns and figures in {out}")
     print(f"targets met: {sum(met)}/{len(met)} interventions (>=50% own removed, others <=+10%, normals >=95%)")
 

@@ -45,6 +45,8 @@ class InterventionConfig:
     knowledge_repeats: int = field(
         default=1, metadata={"help": "Times each retrieved document appears in the mix (small models need more)."})
     cpt_epochs: float = field(default=1.0, metadata={"help": "Epochs of continued pre-training over the mix."})
+    cpt_batch_size: int | None = field(
+        default=None, metadata={"help": "Per-device batch size of continued pre-training (default: the SFT one)."})
     cpt_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of continued pre-training (default: the SFT learning rate)."})
     inconsistency_strategy: str = field(
@@ -145,7 +147,8 @@ def _knowledge(ctx):
     model = _with_peft(fresh_model(ctx["base_model"]), ctx["peft_config"])
     cpt_args = dataclasses.replace(
         ctx["args"], output_dir=str(tmp / "run" / "cpt"), num_train_epochs=cfg.cpt_epochs, save_strategy="no",
-        learning_rate=cfg.cpt_learning_rate or ctx["args"].learning_rate)
+        learning_rate=cfg.cpt_learning_rate or ctx["args"].learning_rate,
+        per_device_train_batch_size=cfg.cpt_batch_size or ctx["args"].per_device_train_batch_size)
     continued_pretraining(model, ctx["tokenizer"], corpus, cpt_args)
     trainer = _sft(model, ctx["tokenizer"], ctx["train"], ctx["run_args"], ctx["callbacks"], SFTTrainer)
     return "continued_pretraining+sft", {"corpus": stats}, ctx["train"], trainer
