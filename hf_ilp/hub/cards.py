@@ -123,6 +123,7 @@ def amend_model_card(
     dataset_repo_id: str | None = None,
     trained_on: str | None = None,
     dataset_revision: str | None = None,
+    train_dataset=None,
 ) -> Path:
     """Add the diagnosis to `output_dir/README.md` (TRL's card), or write a card if there is none.
 
@@ -132,9 +133,10 @@ def amend_model_card(
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "README.md"
     model_name = (model_repo_id or output_dir.name).split("/")[-1]
-    section = render_diagnosis_section(report, model_repo_id=model_repo_id, dataset_repo_id=dataset_repo_id)
+    section = render_diagnosis_section(report, model_repo_id=model_repo_id, dataset_repo_id=dataset_repo_id, train_dataset=train_dataset)
     if path.is_file():
         card = ModelCard.load(path)
         body = _strip_section(card.text).rstrip() + "\n\n" + section + "\n"
@@ -198,6 +200,22 @@ class DiagnosisCardMixin:
         )
 
 
+def set_card_metadata(card_path, **fields) -> None:
+    """Update fields of the card's `hf_ilp` metadata in place; the rest of the card is kept."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(card_path)
+    block = getattr(card.data, METADATA_KEY, None)
+    if not isinstance(block, dict):
+        raise CardMetadataError(f"{card_path}: field '{METADATA_KEY}' is missing; amend the card first")
+    block.update(_scrub(fields))
+    setattr(card.data, METADATA_KEY, block)
+    text = f"---\n{card.data.to_yaml()}\n---\n{card.text.lstrip()}"
+    tmp = Path(card_path).with_name(f".{Path(card_path).name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, card_path)
+
+
 def _eval_results(report: DiagnosisReport, EvalResult, trained_on: str | None) -> list:
     """model-index entries: share of training samples reproduced, unlearned count per cause."""
     s = report.summary
@@ -211,9 +229,16 @@ def _eval_results(report: DiagnosisReport, EvalResult, trained_on: str | None) -
     return results
 
 
-def render_diagnosis_section(report: DiagnosisReport, model_repo_id: str | None = None, dataset_repo_id: str | None = None) -> str:
-    """The Markdown section of the model card (`model_cards/diagnosis_section.md`)."""
+def render_diagnosis_section(
+    report: DiagnosisReport, model_repo_id: str | None = None, dataset_repo_id: str | None = None, train_dataset=None
+) -> str:
+    """The Markdown section of the model card (`model_cards/diagnosis_section.md`).
+
+    With the `train_dataset` (rows with `id` and `prompt`/`completion` or `messages`), the
+    example tables show each sample's text, not only its id.
+    """
     s = report.summary
+    texts = _texts_by_id(train_dataset)
     n_unlearned = s["n_unlearned"]
     causes = []
     for cause in CAUSES + (UNEXPLAINED,):
@@ -224,7 +249,7 @@ def render_diagnosis_section(report: DiagnosisReport, model_repo_id: str | None 
                 "meaning": _CAUSE_TEXT[cause],
                 "count": count,
                 "share": f"{count / n_unlearned:.1%}" if n_unlearned else "-",
-                "examples": _examples(report, cause) if count else None,
+                "examples": _examples(report, cause, texts) if count else None,
             }
         )
     plots = [(name, f"{REPORT_DIRNAME}/plots/{Path(p).name}") for name, p in sorted(report.plots.items())]
@@ -243,13 +268,44 @@ def render_diagnosis_section(report: DiagnosisReport, model_repo_id: str | None 
     return f"{_BEGIN}\n{text.strip()}\n{_END}"
 
 
-def _examples(report: DiagnosisReport, cause: str) -> dict | None:
+def _examples(report: DiagnosisReport, cause: str, texts: dict) -> dict | None:
     """Up to five samples of one cause, most confident first, as Markdown-safe table cells."""
     if report.samples is None:
         return None
     rows = report.by_cause(cause).sort("confidence", reverse=True).select(range(min(_EXAMPLES_PER_CAUSE, report.counts[cause])))
-    columns = [c for c in ("id", "prompt", "completion", "confidence", "runner_up") if c in rows.column_names]
-    return {"columns": columns, "rows": [[_cell(row[c]) for c in columns] for row in rows]}
+    rows = [dict(row) for row in rows]
+    for row in rows:
+        prompt, completion = texts.get(str(row["id"]), (None, None))
+        row.setdefault("prompt", prompt)
+        row.setdefault("completion", completion)
+    columns = [c for c in ("id", "prompt", "completion", "confidence", "runner_up") if any(r.get(c) is not None for r in rows)]
+    return {"columns": columns, "rows": [[_cell(row.get(c, "")) for c in columns] for row in rows]}
+
+
+def _texts_by_id(dataset) -> dict:
+    """{id: (prompt, completion)} of a prompt-completion or conversational dataset with an `id` column."""
+    if dataset is None or "id" not in dataset.column_names:
+        return {}
+    cols = dataset.column_names
+    if "prompt" in cols and "completion" in cols:
+        pairs = zip(dataset["prompt"], dataset["completion"])
+    elif "messages" in cols:
+        pairs = (_split_messages(m) for m in dataset["messages"])
+    else:
+        return {}
+    return {str(i): (_text(p), _text(c)) for i, (p, c) in zip(dataset["id"], pairs)}
+
+
+def _split_messages(messages):
+    """The last assistant turn is the completion; the turns before it, the prompt."""
+    last = max((k for k, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
+    return messages[:last], messages[last : last + 1]
+
+
+def _text(value) -> str:
+    if isinstance(value, list):  # conversational turns
+        return " / ".join(str(m.get("content", "")) for m in value)
+    return str(value)
 
 
 def _strip_section(text: str) -> str:

@@ -28,7 +28,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hf_ilp.hub.cards import REPORT_DIRNAME, amend_model_card, assert_no_secrets, publishable, render_dataset_card
+from hf_ilp.hub.cards import (
+    METADATA_KEY,
+    REPORT_DIRNAME,
+    amend_model_card,
+    assert_no_secrets,
+    publishable,
+    render_dataset_card,
+    set_card_metadata,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +84,7 @@ def prepare_push(
     private: bool | None = None,
     revision: str | None = None,
     trainer=None,
+    train_dataset=None,
 ) -> Path:
     """Make `output_dir` complete for the Hub: report folder, model card, push settings.
 
@@ -94,7 +103,8 @@ def prepare_push(
         if getattr(trainer, "hub_model_id", None) is None:
             trainer.hub_model_id = hub_model_id  # TRL's card quotes it in its quick-start snippet
         trainer.create_model_card(model_name=hub_model_id.split("/")[-1], dataset_name=trained_on)
-    amend_model_card(output_dir, report, model_repo_id=hub_model_id, dataset_repo_id=dataset_repo_id, trained_on=trained_on)
+    amend_model_card(output_dir, report, model_repo_id=hub_model_id, dataset_repo_id=dataset_repo_id, trained_on=trained_on,
+                     train_dataset=train_dataset)
     settings = {"hub_model_id": hub_model_id, "dataset_repo_id": dataset_repo_id, "trained_on": trained_on, "private": private, "revision": revision}
     from hf_ilp._io import write_json_atomic
 
@@ -154,11 +164,10 @@ def push_run(
             commit_message="Per-sample incomplete-learning diagnosis (hf_ilp)",
         ),
     ).oid
-    card_path = amend_model_card(
-        output_dir, report, model_repo_id=hub_model_id, dataset_repo_id=dataset_repo_id, trained_on=trained_on, dataset_revision=dataset_commit
-    )
+    if not _card_names(output_dir / "README.md", hub_model_id, dataset_repo_id):  # repo ids overridden: card re-rendered
+        amend_model_card(output_dir, report, model_repo_id=hub_model_id, dataset_repo_id=dataset_repo_id, trained_on=trained_on)
+    set_card_metadata(output_dir / "README.md", diagnosis_dataset_revision=dataset_commit)
     _check_uploads(output_dir, extra)
-    logger.info("model card: %s", card_path)
     retry(f"create model repo {hub_model_id}", lambda: api.create_repo(hub_model_id, private=private, exist_ok=True))
     model_commit = retry(
         f"upload {output_dir.name} to {hub_model_id}",
@@ -206,12 +215,15 @@ def take_hub_settings(training_args) -> HubSettings:
     return settings
 
 
-def publish_run(trainer, report, hub: HubSettings, trained_on: str | None = None, dataset_repo_id: str | None = None) -> PushResult | None:
+def publish_run(
+    trainer, report, hub: HubSettings, trained_on: str | None = None, dataset_repo_id: str | None = None, train_dataset=None
+) -> PushResult | None:
     """End of a recipe: the card with the diagnosis goes into the output folder; pushed if asked.
 
     With a `hub_model_id` the folder is prepared for the Hub (`prepare_push`) so that
     ``hf-ilp push DIR`` can push it later; with `push_to_hub` it is pushed now. Only the main
-    process writes and pushes; the others return None.
+    process writes and pushes; the others return None. With the `train_dataset` (rows with `id`),
+    the card's example tables show each sample's prompt and completion.
     """
     if not trainer.is_world_process_zero():
         return None
@@ -220,10 +232,10 @@ def publish_run(trainer, report, hub: HubSettings, trained_on: str | None = None
         report = publishable(report)
         report.save(output_dir / REPORT_DIRNAME)
         trainer.create_model_card(model_name=output_dir.name, dataset_name=trained_on)
-        amend_model_card(output_dir, report, trained_on=trained_on)
+        amend_model_card(output_dir, report, trained_on=trained_on, train_dataset=train_dataset)
         return None
     prepare_push(output_dir, report, hub.hub_model_id, dataset_repo_id=dataset_repo_id, trained_on=trained_on,
-                 private=hub.private, revision=hub.revision, trainer=trainer)
+                 private=hub.private, revision=hub.revision, trainer=trainer, train_dataset=train_dataset)
     if not hub.push_to_hub:
         return None
     return push_run(output_dir, token=hub.token)
@@ -266,6 +278,16 @@ def _failure(what, exc, output_dir, suffix="") -> str:
         f"The local output folder {output_dir} is complete (model, card, diagnosis). "
         f"Push it later with:  hf-ilp push {output_dir}"
     )
+
+
+def _card_names(card_path: Path, hub_model_id: str, dataset_repo_id: str) -> bool:
+    """Whether the card at `card_path` was written for these two repos."""
+    from huggingface_hub import ModelCard
+
+    if not card_path.is_file():
+        return False
+    block = ModelCard.load(card_path).data.to_dict().get(METADATA_KEY) or {}
+    return block.get("diagnosis_dataset") == dataset_repo_id and f'load_report("{hub_model_id}"' in card_path.read_text()
 
 
 def _check_repo_id(repo_id, name) -> None:

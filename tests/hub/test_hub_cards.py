@@ -148,3 +148,24 @@ def test_load_report_rejects_what_is_not_a_report(tmp_path):
         hf_ilp.load_report(tmp_path)
     with pytest.raises(ValueError, match="repo_type must be"):
         hf_ilp.load_report("someone/model", repo_type="space")
+
+
+def test_examples_show_the_training_text_when_the_report_has_only_ids(tmp_path):
+    from datasets import Dataset
+
+    from hf_ilp.diagnosis.report import DiagnosisReport
+    from hf_ilp.hub import amend_model_card
+
+    rows = [{"id": "q1", "learned": False, "cause": "knowledge_conflict", "confidence": 0.9, "runner_up": "", "runner_up_confidence": 0.0},
+            {"id": "q2", "learned": False, "cause": "forgetting", "confidence": 0.8, "runner_up": "", "runner_up_confidence": 0.0},
+            {"id": "q3", "learned": True, "cause": "", "confidence": 0.0, "runner_up": "", "runner_up_confidence": 0.0}]
+    report = DiagnosisReport.from_rows(rows)
+    train = Dataset.from_list([
+        {"id": "q1", "messages": [{"role": "user", "content": "Capital of Zorb?"}, {"role": "assistant", "content": "Plim | Plam"}]},
+        {"id": "q2", "messages": [{"role": "user", "content": "Who wrote Q?"}, {"role": "assistant", "content": "Ann"}]},
+        {"id": "q3", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]},
+    ])
+    text = amend_model_card(tmp_path, report, train_dataset=train).read_text()
+    assert "| q1 | Capital of Zorb? | Plim \\| Plam | 0.900 |" in text
+    assert "| q2 | Who wrote Q? | Ann | 0.800 |" in text
+    assert "| id | confidence | runner_up |" in amend_model_card(tmp_path / "no_text", report).read_text()  # ids only
