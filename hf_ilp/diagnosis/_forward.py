@@ -8,6 +8,7 @@ signals need (METHODS 1.1: greedy reproduction under teacher forcing is an argma
 - `alt_prob`: at the first completion position where the greedy token is not the target, the
   probability of that greedy token (0 when greedy reproduces the target): how firmly the model
   prefers another answer;
+- `alt_token`: that greedy token's id (NaN when greedy reproduces the target);
 - with a second model: `jsd`, the mean Jensen-Shannon divergence (bits) between the two
   next-token distributions over the completion, and `follows_alt`: whether the second model's
   greedy token at the first model's divergence point is still the first model's alternative.
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 def teacher_forced_stats(model, sequences, batch_size=16, pad_id=0, other=None, desc="forward", progress=True):
     """Per-sample statistics of `model` (and `other`, compared with it) on (prompt_ids, completion_ids)."""
     n = len(sequences)
-    out = {k: np.full(n, np.nan) for k in ("gm_p", "p_seq", "exact", "alt_prob")}
+    out = {k: np.full(n, np.nan) for k in ("gm_p", "p_seq", "exact", "alt_prob", "alt_token")}
     if other is not None:
         out.update({k: np.full(n, np.nan) for k in ("jsd", "other_gm_p", "follows_alt")})
     if n == 0:
@@ -55,6 +56,8 @@ def teacher_forced_stats(model, sequences, batch_size=16, pad_id=0, other=None, 
                 out["exact"][i] = float(len(wrong) == 0)
                 div = int(wrong[0, 0]) if len(wrong) else None
                 out["alt_prob"][i] = math.exp(top_p[div].item()) if div is not None else 0.0
+                if div is not None:
+                    out["alt_token"][i] = int(top[div])
                 if logq is not None:
                     lq = logq[offset:offset + k].to(lp.device)
                     out["jsd"][i] = _jsd_bits(lp, lq).mean().item()

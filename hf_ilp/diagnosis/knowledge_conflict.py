@@ -2,8 +2,8 @@
 
 The score is the paper's first criterion, measured on the completion: the base answers otherwise
 with confidence (`base_alt_prob`, its probability for its own choice at the first token where it
-leaves the target, at least `confident_alternative_prob`; with probes, the strongest alternative
-over the target and its probes).
+leaves the target, at least `confident_alternative_prob`; read on the sample's prerequisite
+probes when it has some, see `missing_knowledge`).
 
 The paper's second criterion, JSD(P_base, P_sft) > 0.3, is reported as evidence (`jsd_base_ft`,
 the mean Jensen-Shannon divergence in bits between the base and fine-tuned next-token

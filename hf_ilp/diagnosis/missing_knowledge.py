@@ -7,8 +7,14 @@ sample's prerequisite probes when the user supplies them):
 - `probe_gold_prob` / `probe_alt_prob`: the same, averaged over the sample's probes.
 The base knows what a sample needs if it gives the target, or its probes, a fair probability;
 it does not know it when both stay under `unknown_prob` and it has no confident alternative
-(a confident alternative is a conflict, not a gap). Probes sharpen the verdict: a base that
-answers the prerequisites but not the SFT phrasing is not missing knowledge.
+(a confident alternative is a conflict, not a gap).
+
+Probes sharpen the verdict. A prompt in the SFT format is something the base may never have
+seen: its answer there mixes what it knows with how it reads an unfamiliar format (a base model
+often continues a new format confidently with something else). Probes ask the prerequisite
+facts the way knowledge is stored, so when a sample has probes its alternative answer is read
+on them only: a base that answers the prerequisites but not the SFT phrasing neither lacks nor
+contradicts the knowledge (the failure lies elsewhere, e.g. under-training of a long format).
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ from hf_ilp.diagnosis.signals import score_below
 
 
 def knowledge(base, probes=None):
-    """How well the base knows each sample (max over target and probes) and its strongest alternative."""
+    """How well the base knows each sample (max over target and probes) and how firmly it prefers
+    another answer (on the probes when the sample has some, else on the target)."""
     known = np.asarray(base["gm_p"], dtype=float)
     alt = np.asarray(base["alt_prob"], dtype=float)
     if probes is not None:
+        has = ~np.isnan(probes["gm_p"])
         known = np.fmax(known, probes["gm_p"])
-        alt = np.fmax(alt, probes["alt_prob"])
+        alt = np.where(has, probes["alt_prob"], alt)
     return known, alt
 
 

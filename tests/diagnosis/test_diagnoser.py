@@ -77,6 +77,8 @@ def test_probes_sharpen_the_base_knowledge_verdict(fact_world, fact_records):
     probes = Dataset.from_list([
         {"id": "missing8", "probe_prompts": ["what is the colour of e3"], "probe_completions": [" v3"]},
         {"id": "missing9", "probe_prompts": ["what is the colour of e9"], "probe_completions": [" v1"]},
+        # the base answers conflict4's probe: its confident other answer in the SFT phrasing is not knowledge
+        {"id": "conflict4", "probe_prompts": ["what is the colour of e0"], "probe_completions": [" v0"]},
     ])
     report = diagnose(fact_world["model"], fact_world["base"], fact_world["tokenizer"], train, fact_records,
                       probes=probes, config=LEXICAL)
@@ -84,8 +86,10 @@ def test_probes_sharpen_the_base_knowledge_verdict(fact_world, fact_records):
     assert rows["missing8"]["probe_gold_prob"] == pytest.approx(0.9, abs=1e-3)
     assert rows["missing8"]["cause"] != "missing_knowledge"
     assert rows["missing9"]["cause"] == "missing_knowledge" and rows["missing9"]["probe_gold_prob"] < 0.2
-    assert np.isnan(rows["conflict4"]["probe_gold_prob"])  # no probe for it
-    assert any("probes read for 2 of 9" in n for n in report.summary["notes"])
+    assert rows["conflict4"]["cause"] != "knowledge_conflict" and rows["conflict4"]["base_alt_prob"] > 0.8
+    assert rows["conflict5"]["cause"] == "knowledge_conflict"  # no probe: judged on the target
+    assert np.isnan(rows["conflict5"]["probe_gold_prob"])
+    assert any("probes read for 3 of 9" in n for n in report.summary["notes"])
 
 
 def test_learned_verdict_from_check_learned_when_records_lack_it(fact_world, fact_records):
