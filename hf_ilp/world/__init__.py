@@ -9,6 +9,9 @@ _EXPORTS = {
     "build_word_tokenizer": "hf_ilp.world.tokenizer",
     "tiny_llama_config": "hf_ilp.world.model",
     "pretrain": "hf_ilp.world.model",
+    "build_world": "hf_ilp.world.build",
+    "World": "hf_ilp.world.build",
+    "reproduced": "hf_ilp.world.evaluate",
     "build_multitask_world": "hf_ilp.world.multitask",
     "MultiTaskWorld": "hf_ilp.world.multitask",
 }

@@ -1,0 +1,61 @@
+"""Sequential fine-tuning: one trainer per stage of the data, one model throughout.
+
+Left-side forgetting (a cause of incomplete learning) exists only when a model is fine-tuned on
+one dataset after another. `train_stages` is that protocol, written once for every part of
+hf_ilp: the ILP-World recipe, the tests, the benchmarks and the interventions that compare
+sequential with shuffled training.
+
+    >>> from trl import SFTTrainer
+    >>> trainer = train_stages(model, tokenizer, world.train, world.sft_config("out"), callbacks=[tracker])
+    >>> trainer.model  # the model after the last stage
+"""
+
+import dataclasses
+import os
+
+from trl import SFTTrainer
+
+
+def train_stages(
+    model,
+    processing_class,
+    train_dataset,
+    args,
+    callbacks=(),
+    eval_dataset=None,
+    trainer_cls=SFTTrainer,
+    peft_config=None,
+):
+    """Fine-tune `model` on each distinct `stage` of `train_dataset` in ascending order; return the last trainer.
+
+    Every stage gets a fresh trainer (so a fresh optimizer and scheduler) on the same model and the
+    same callback instances, with its outputs in `args.output_dir/stage-K`; callbacks therefore see
+    one `on_train_begin`/`on_train_end` per stage and can tell stages apart by the trainer's
+    `args.output_dir`. Without a `stage` column this is one ordinary training run in
+    `args.output_dir`. `peft_config`, if given, wraps the model once, in the first stage.
+    """
+    if "stage" not in train_dataset.column_names:
+        return _train(trainer_cls, model, processing_class, train_dataset, args, callbacks, eval_dataset, peft_config)
+    stages = sorted(set(train_dataset["stage"]))
+    trainer = None
+    for stage in stages:
+        subset = train_dataset.filter(lambda s, k=stage: s == k, input_columns="stage")
+        stage_args = dataclasses.replace(args, output_dir=os.path.join(args.output_dir, f"stage-{stage}"))
+        trainer = _train(trainer_cls, model, processing_class, subset, stage_args, callbacks, eval_dataset, peft_config)
+        model, peft_config = trainer.model, None
+    return trainer
+
+
+def _train(trainer_cls, model, processing_class, train_dataset, args, callbacks, eval_dataset, peft_config):
+    kwargs = {"peft_config": peft_config} if peft_config is not None else {}
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=processing_class,
+        callbacks=list(callbacks),
+        **kwargs,
+    )
+    trainer.train()
+    return trainer

@@ -1,0 +1,236 @@
+"""The text of ILP-World: a knowledge base, its pre-training corpus, the SFT set and the probes.
+
+Everything here is plain Python and deterministic by seed; `build.py` turns it into a tokenizer,
+a pre-trained base model and datasets. Each cause of incomplete learning is *planted* by the way
+the world is constructed, never by a label alone (the label `world_cause` only records it):
+
+- `missing_knowledge`: the SFT sample asks a fact that the corpus never states.
+- `knowledge_conflict`: the corpus states a fact many times (as statements and as QA); the SFT
+  sample gives another value.
+- `data_inconsistency`: two SFT samples ask the same question (verbatim or paraphrased) about a
+  fact the corpus states, with two different answers (both members carry the label).
+- `forgetting`: stage 0 teaches an ambiguous prompt ("tell me about E") to answer E's colour;
+  stage 1 teaches the same prompt, for other entities, to answer their city. The stage-0
+  samples are learned in stage 0 and overwritten by stage 1; ordinary stage-0 questions survive.
+- `under_training`: rare, long completions (one-off profiles: three facts of one entity that the corpus states),
+  which the default SFT budget does not fit but a longer one does.
+
+Normal samples (`world_cause == ""`) ask facts the corpus states, in the QA formats it uses.
+"""
+
+import random
+from dataclasses import dataclass
+
+RELATIONS = ("color", "city", "pet", "job")
+# the SFT question formats, per relation; the corpus uses them as well (QA mixed into pre-training
+# is what makes stored facts extractable by questions in a small model)
+QA_TEMPLATES = (
+    "question : what is the {rel} of {ent} ? answer :",
+    "question : which {rel} does {ent} have ? answer :",
+)
+STATEMENT = "the {rel} of {ent} is {val} ."
+PROBE = "the {rel} of {ent} is"
+AMBIGUOUS = "question : tell me about {ent} . answer :"
+AMBIGUOUS_STAGE0, AMBIGUOUS_STAGE1 = "color", "city"
+PROFILE_RELATIONS = ("pet", "job", "city")
+PROFILE = "question : give the pet , job and city of {ent} . answer :"
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """Counts and budgets of one world size; every count is a number of SFT samples or facts."""
+
+    entities: int
+    values_per_relation: int
+    missing: int  # train samples about facts absent from the corpus
+    validation_missing: int
+    conflict: int
+    inconsistent_pairs: int
+    forgetting: int  # stage-0 ambiguous prompts answered with the colour
+    retarget: int  # stage-1 ambiguous prompts answered with the city
+    profiles: int  # one-off long completions (under_training)
+    normal_stage0: int
+    normal_stage1: int
+    validation_normal: int
+    statement_repeats: int  # per known fact, per pre-training epoch
+    qa_repeats: int  # per QA-covered known fact, per pre-training epoch
+    # model and pre-training
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    pretrain_epochs: int
+    pretrain_batch_size: int
+    pretrain_learning_rate: float
+    # default SFT budget
+    sft_epochs: float
+    sft_learning_rate: float
+    sft_batch_size: int
+
+
+@dataclass
+class WorldText:
+    """The generated text of a world (before tokenization and pre-training)."""
+
+    facts: dict  # (entity, relation) -> value: the truth, as the corpus states it when present
+    absent: set  # facts the corpus never states
+    corpus: list  # pre-training texts, one epoch
+    train: list  # dict rows: id, prompt, completion, stage, world_cause
+    validation: list
+    probes: list  # dict rows: id, probe_prompts, probe_completions
+    words: list  # the vocabulary, sorted (the same for a world and its counterfactual)
+
+
+def _names(rng: random.Random, count: int, taken: set, syllables: int) -> list[str]:
+    onsets = "b d f g k l m n p r s t v z br gl kr pl st tr sn dr".split()
+    vowels = "a e i o u".split()
+    codas = "b d g k l m n p r s t x".split()
+    out = []
+    while len(out) < count:
+        word = "".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(syllables - 1))
+        word += rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas)
+        if word not in taken:
+            taken.add(word)
+            out.append(word)
+    return out
+
+
+def _qa(rel, ent, val, template=0):
+    return {"prompt": QA_TEMPLATES[template].format(rel=rel, ent=ent), "completion": f" {val}"}
+
+
+def generate(spec: WorldSpec, seed: int, complete_knowledge: bool = False) -> WorldText:
+    """Generate the world's text for `spec` and `seed`.
+
+    `complete_knowledge=True` is the counterfactual world used by the causal checks: the same SFT
+    set, but the corpus states every fact the SFT set relies on, with the SFT set's own value
+    (missing facts added, contradicted facts stated as the SFT sample says them).
+    """
+    rng = random.Random(seed)
+    profile_rng = random.Random(f"{seed}-profiles")
+    taken = set()
+    entities = _names(rng, spec.entities, taken, syllables=1 if spec.entities <= 40 else 2)
+    values = {rel: _names(rng, spec.values_per_relation, taken, syllables=2) for rel in RELATIONS}
+    facts = {(e, r): rng.choice(values[r]) for e in entities for r in RELATIONS}
+
+    # assign every fact at most one role; a role takes facts in a seeded random order
+    pool = list(facts)
+    rng.shuffle(pool)
+
+    def take(count, relation=None, exclude_entities=()):
+        chosen = []
+        for fact in pool:
+            if len(chosen) == count:
+                break
+            if (relation is None or fact[1] == relation) and fact[0] not in exclude_entities:
+                chosen.append(fact)
+        if len(chosen) < count:
+            raise ValueError(f"world spec needs more entities: could not find {count} free facts for {relation or 'any relation'}")
+        for fact in chosen:
+            pool.remove(fact)
+        return chosen
+
+    forgetting = take(spec.forgetting, AMBIGUOUS_STAGE0)
+    forgetting_entities = {e for e, _ in forgetting}
+    retarget = take(spec.retarget, AMBIGUOUS_STAGE1, exclude_entities=forgetting_entities)
+    missing = take(spec.missing)
+    validation_missing = take(spec.validation_missing)
+    conflict = take(spec.conflict)
+    pairs = take(spec.inconsistent_pairs)
+    normal0 = take(spec.normal_stage0)
+    normal1 = take(spec.normal_stage1)
+    validation_normal = take(spec.validation_normal)
+    absent = set(missing) | set(validation_missing)
+
+    def other_value(fact):
+        return rng.choice([v for v in values[fact[1]] if v != facts[fact]])
+
+    rows = []  # (row, probe facts as (entity, relation, value))
+
+    def add(row, stage, cause, probe_facts):
+        rows.append(({**row, "stage": stage, "world_cause": cause}, probe_facts))
+
+    for fact in normal0:
+        add(_qa(fact[1], fact[0], facts[fact], rng.randrange(2)), 0, "", [(*fact, facts[fact])])
+    for fact in normal1:
+        add(_qa(fact[1], fact[0], facts[fact], rng.randrange(2)), 1, "", [(*fact, facts[fact])])
+    for fact in missing:
+        add(_qa(fact[1], fact[0], facts[fact], rng.randrange(2)), 0, "missing_knowledge", [(*fact, facts[fact])])
+    sft_values = {}  # facts the SFT set states with a value other than the corpus's
+    for fact in conflict:
+        value = other_value(fact)
+        sft_values[fact] = value
+        add(_qa(fact[1], fact[0], value, rng.randrange(2)), 0, "knowledge_conflict", [(*fact, value)])
+    for i, fact in enumerate(pairs):
+        wrong = other_value(fact)
+        first = rng.randrange(2)
+        second = first if i % 2 == 0 else 1 - first  # even pairs verbatim, odd pairs paraphrased
+        add(_qa(fact[1], fact[0], facts[fact], first), 0, "data_inconsistency", [(*fact, facts[fact])])
+        add(_qa(fact[1], fact[0], wrong, second), 0, "data_inconsistency", [(*fact, wrong)])
+    for fact in forgetting:
+        row = {"prompt": AMBIGUOUS.format(ent=fact[0]), "completion": f" {facts[fact]}"}
+        add(row, 0, "forgetting", [(*fact, facts[fact])])
+    for fact in retarget:
+        row = {"prompt": AMBIGUOUS.format(ent=fact[0]), "completion": f" {facts[fact]}"}
+        add(row, 1, "", [(*fact, facts[fact])])
+    # one-off long completions: three facts of one entity, in a format no other sample uses
+    profile_entities = sorted({e for e, _ in facts} - {e for e, _ in absent | set(conflict) | set(pairs)})
+    for ent in profile_rng.sample(profile_entities, spec.profiles):
+        row = {
+            "prompt": PROFILE.format(ent=ent),
+            "completion": "".join(f" {facts[(ent, rel)]}" for rel in PROFILE_RELATIONS),
+        }
+        add(row, 0, "under_training", [(ent, rel, facts[(ent, rel)]) for rel in PROFILE_RELATIONS])
+
+    rng.shuffle(rows)
+    train, probes = [], []
+    for i, (row, probe_facts) in enumerate(rows):
+        row_id = f"ilpw-{seed}-{i:04d}"
+        train.append({"id": row_id, **row})
+        probes.append(
+            {
+                "id": row_id,
+                "probe_prompts": [PROBE.format(rel=r, ent=e) for e, r, _ in probe_facts],
+                "probe_completions": [f" {v} ." for _, _, v in probe_facts],
+            }
+        )
+
+    validation = []
+    for fact in validation_normal:
+        validation.append({**_qa(fact[1], fact[0], facts[fact], rng.randrange(2)), "stage": 0, "world_cause": ""})
+    for fact in validation_missing:
+        row = _qa(fact[1], fact[0], facts[fact], rng.randrange(2))
+        validation.append({**row, "stage": 0, "world_cause": "missing_knowledge"})
+    rng.shuffle(validation)
+    validation = [{"id": f"ilpw-{seed}-val-{i:04d}", **row} for i, row in enumerate(validation)]
+
+    # the corpus: statements of every known fact, and QA lines for the facts of the conflict and
+    # inconsistent-pair roles plus half of the others
+    stated = dict(facts)
+    if complete_knowledge:
+        absent_in_corpus = set(validation_missing)
+        stated.update(sft_values)
+    else:
+        absent_in_corpus = absent
+    known = [f for f in facts if f not in absent_in_corpus]
+    strong = set(conflict) | set(pairs)
+    corpus = []
+    for k, fact in enumerate(known):
+        ent, rel = fact
+        corpus += [STATEMENT.format(rel=rel, ent=ent, val=stated[fact])] * spec.statement_repeats
+        if fact in strong or k % 2 == 0:
+            for template in range(2):
+                qa = _qa(rel, ent, stated[fact], template)
+                corpus += [qa["prompt"] + qa["completion"]] * spec.qa_repeats
+    rng.shuffle(corpus)
+
+    words = [w for text in corpus for w in text.split()]
+    for row in train + validation:
+        words += (row["prompt"] + row["completion"]).split()
+    for row in probes:
+        for prompt, completion in zip(row["probe_prompts"], row["probe_completions"]):
+            words += (prompt + completion).split()
+    words += entities + [v for rel in RELATIONS for v in values[rel]]
+    return WorldText(
+        facts=facts, absent=absent_in_corpus, corpus=corpus, train=train, validation=validation,
+        probes=probes, words=sorted(set(words)),
+    )
