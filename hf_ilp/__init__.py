@@ -34,6 +34,10 @@ _EXPORTS = {
     "UpdateMasker": "hf_ilp.isolation.masks",
     "CompactMask": "hf_ilp.isolation.masks",
     "select_top_p": "hf_ilp.isolation.masks",
+    # ILP-World and the sequential fine-tuning protocol
+    "build_world": "hf_ilp.world.build",
+    "World": "hf_ilp.world.build",
+    "train_stages": "hf_ilp.training",
     # multi-task world
     "build_multitask_world": "hf_ilp.world.multitask",
     # CPI-FT (fusion)
