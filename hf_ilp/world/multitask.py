@@ -20,7 +20,12 @@ so it knows the symbols and how to attend back to them, but none of the tasks.
     ['copy', 'reverse', 'shift']
     >>> model = world.load_base_model()
     >>> world.evaluate(model)              # exact greedy reproduction per task
-    {'copy': 0.0, 'reverse': 0.0, 'shift': 0.0}
+    {'copy': 0.3, 'reverse': 0.0, 'shift': 0.0}
+
+Measured on the tiny world (seed 0, the default `sft_config`: 12 epochs, lr 3e-3): each task alone
+is learned to 1.0 on validation; trained one after another, every earlier task falls to 0.0 by
+the end (complete forgetting); all three shuffled together reach 1.0 each. The small world adds a
+fourth task and longer lists with the same budget.
 
 ``train``/``validation`` have columns ``id``, ``prompt``, ``completion``, ``task`` and ``stage``
 (the task's position in ``tasks``; ``hf_ilp.training.train_stages`` trains the tasks one after
@@ -148,14 +153,8 @@ def exact_match_by_task(model, tokenizer, dataset, batch_size: int = 128) -> dic
     return {task: sum(h) / len(h) for task, h in sorted(hits.items())}
 
 
-def _build(path: Path, size: str, seed: int) -> None:
-    import torch
-    from datasets import Dataset
-    from transformers import LlamaForCausalLM
-
-    from hf_ilp.world.model import pretrain, tiny_llama_config
-    from hf_ilp.world.tokenizer import build_word_tokenizer
-
+def _rows_and_corpus(size: str, seed: int):
+    """The world's data, deterministic by (size, seed): split rows, pre-training texts, tasks, symbols."""
     spec = _SIZES[size]
     rng = random.Random(seed)
     symbols = rng.sample(_SYLLABLES, spec["n_symbols"])
@@ -183,13 +182,27 @@ def _build(path: Path, size: str, seed: int) -> None:
                 )
     for split in rows:
         rng.shuffle(rows[split])
-        Dataset.from_list(rows[split]).save_to_disk(str(path / split))
 
     # pre-training corpus: untagged copies and plain symbol lists, none of the tasks themselves
     corpus = []
     for i in range(spec["pretrain_texts"]):
         xs = [rng.choice(symbols) for _ in range(length if i % 2 == 0 else rng.randint(2, 2 * length))]
         corpus.append(" ".join(xs) + " = " + " ".join(xs) if i % 2 == 0 else " ".join(xs))
+    return rows, corpus, tasks, symbols
+
+
+def _build(path: Path, size: str, seed: int) -> None:
+    import torch
+    from datasets import Dataset
+    from transformers import LlamaForCausalLM
+
+    from hf_ilp.world.model import pretrain, tiny_llama_config
+    from hf_ilp.world.tokenizer import build_word_tokenizer
+
+    spec = _SIZES[size]
+    rows, corpus, tasks, symbols = _rows_and_corpus(size, seed)
+    for split, split_rows in rows.items():
+        Dataset.from_list(split_rows).save_to_disk(str(path / split))
 
     tokenizer = build_word_tokenizer([*tasks, "=", *symbols])
     torch.manual_seed(seed)
