@@ -21,11 +21,13 @@ Inputs are never modified: models are deep-copied or loaded from their paths, da
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -125,6 +127,13 @@ def _sft(model, tokenizer, dataset, args, callbacks, trainer_cls, eval_dataset=N
         return trainer
     return train_stages(model, tokenizer, dataset, args, callbacks=callbacks, eval_dataset=eval_dataset,
                         trainer_cls=trainer_cls)
+
+
+@contextlib.contextmanager
+def _scratch_dir():
+    """A throw-away folder for the outputs of a non-main process (the main one publishes)."""
+    with tempfile.TemporaryDirectory(prefix="hf_ilp-intervention-") as tmp:
+        yield Path(tmp)
 
 
 def _with_peft(model, peft_config):
@@ -308,7 +317,11 @@ def intervene(
             raise ValueError("under_training stops on validation loss: pass a non-empty eval_dataset")
 
     output_dir = Path(output_dir)
-    with atomic_dir(output_dir) as tmp:
+    from accelerate import PartialState
+
+    state = PartialState()  # every process trains; only the main one publishes the folder
+    place = atomic_dir(output_dir) if state.is_main_process else _scratch_dir()
+    with place as tmp:
         run_args = dataclasses.replace(args, output_dir=str(tmp / "run"), save_strategy="no")
         ctx = dict(config=config, tmp=tmp, train=train_dataset, flagged=flagged, prepared=prepared,
                    base_model=base_model, model=model, tokenizer=tokenizer, args=args, run_args=run_args,
@@ -335,4 +348,5 @@ def intervene(
             "log_history": trainer.state.log_history,
         }
         (tmp / "intervention.json").write_text(json.dumps(manifest, indent=2, default=str))
+    state.wait_for_everyone()
     return InterventionResult(cause=cause, path=output_dir, manifest=manifest, model=trained)
