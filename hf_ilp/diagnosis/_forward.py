@@ -16,6 +16,7 @@ signals need (METHODS 1.1: greedy reproduction under teacher forcing is an argma
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -71,22 +72,37 @@ def teacher_forced_stats(model, sequences, batch_size=16, pad_id=0, other=None, 
 
 
 def _completion_log_probs(model, batch, pad_id):
-    """Log-softmax rows predicting each completion token, concatenated over the batch (float32)."""
+    """Log-softmax rows predicting each completion token, concatenated over the batch (float32).
+
+    Rows are left-padded with explicit position ids (so every row sees the positions it has
+    alone), and only the last positions' logits are computed when the model accepts
+    `logits_to_keep`: memory grows with the longest completion, not with prompt x vocabulary.
+    """
     device = next(model.parameters()).device
-    lengths = [len(p) + len(c) for p, c in batch]
-    width = max(lengths)
+    width = max(len(p) + len(c) for p, c in batch)
+    keep = max(len(c) for _, c in batch) + 1
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(batch), width), dtype=torch.long)
-    rows, cols = [], []
     for b, (prompt, completion) in enumerate(batch):
         seq = list(prompt) + list(completion)
-        input_ids[b, : len(seq)] = torch.tensor(seq)
-        attention[b, : len(seq)] = 1
+        input_ids[b, width - len(seq):] = torch.tensor(seq)
+        attention[b, width - len(seq):] = 1
+    position_ids = (attention.cumsum(1) - 1).clamp(min=0)
+    kwargs = {"logits_to_keep": keep} if _accepts(model, "logits_to_keep") else {}
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                   position_ids=position_ids.to(device), **kwargs).logits
+    logits = logits[:, -keep:]
+    rows, cols = [], []
+    for b, (_, completion) in enumerate(batch):
         rows += [b] * len(completion)
-        cols += range(len(prompt) - 1, len(seq) - 1)  # logits at t predict token t + 1
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        cols += range(keep - 1 - len(completion), keep - 1)  # logits at t predict token t + 1
     picked = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
     return torch.log_softmax(picked.float(), dim=-1)
+
+
+def _accepts(model, name):
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return name in inspect.signature(inner.forward).parameters
 
 
 def _jsd_bits(logp, logq):

@@ -189,3 +189,26 @@ def test_verdict_follows_precedence_and_reports_runner_up():
     v = _verdict({**scores, "knowledge_conflict": 0.4}, 0.5)
     assert (v["cause"], v["runner_up"], v["runner_up_confidence"]) == ("unexplained", "knowledge_conflict", 0.4)
     assert v["confidence"] == pytest.approx(0.6)
+
+
+def test_batched_stats_equal_one_row_at_a_time():
+    """Left padding with explicit positions: a row's statistics do not depend on its batch."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, intermediate_size=64, max_position_embeddings=64)
+    model, other = LlamaForCausalLM(config).eval(), LlamaForCausalLM(config).eval()
+    rng = np.random.default_rng(0)
+    seqs = [(rng.integers(4, 40, rng.integers(2, 9)).tolist(), rng.integers(4, 40, rng.integers(1, 6)).tolist())
+            for _ in range(7)]
+    together = teacher_forced_stats(model, seqs, batch_size=7, other=other, progress=False)
+    alone = teacher_forced_stats(model, seqs, batch_size=1, other=other, progress=False)
+    for key in ("gm_p", "p_seq", "alt_prob", "jsd", "other_gm_p"):
+        np.testing.assert_allclose(together[key], alone[key], rtol=1e-4, atol=1e-6)
+    # and the same as a plain unpadded forward
+    prompt, completion = seqs[3]
+    with torch.no_grad():
+        logp = model(input_ids=torch.tensor([prompt + completion])).logits[0].log_softmax(-1)
+    gold = [logp[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(completion)]
+    assert together["p_seq"][3] == pytest.approx(math.exp(sum(gold)), rel=1e-4)
