@@ -3,7 +3,8 @@
 The score is the paper's first criterion, measured on the completion: the base answers otherwise
 with confidence (`base_alt_prob`, its probability for its own choice at the first token where it
 leaves the target, at least `confident_alternative_prob`; read on the sample's prerequisite
-probes when it has some, see `missing_knowledge`).
+probes when it has some), and that answer is a belief, not a guess: the fine-tuned model still
+prefers it (`ft_follows_base`; see `missing_knowledge` for why a guess does not count).
 
 The paper's second criterion, JSD(P_base, P_sft) > 0.3, is reported as evidence (`jsd_base_ft`,
 the mean Jensen-Shannon divergence in bits between the base and fine-tuned next-token
@@ -11,19 +12,17 @@ distributions over the completion) but does not gate the verdict: for an *unlear
 fine-tuned greedy token is by definition still not the target, which caps how far it can have
 moved from a confident base. A base at 0.9 on its own answer against a fine-tuned model split
 0.5 / 0.4 between that answer and the target gives only about 0.2 bits (0.23 in this package's
-tests), so a 0.3 gate would reject most of the conflicts that SFT failed to overturn. `ft_follows_base` says
-whether the fine-tuned model still prefers the base's answer where the base left the target.
+tests), so a 0.3 gate would reject most of the conflicts that SFT failed to overturn. The
+comparison of the two models that decides is `ft_follows_base`: did the prior survive?
 """
 
 from __future__ import annotations
 
-from hf_ilp.diagnosis.missing_knowledge import knowledge
-from hf_ilp.diagnosis.signals import score_above
+from hf_ilp.diagnosis.missing_knowledge import belief_score
 
 
 def knowledge_conflict_signal(base, config, probes=None):
     """Score (n,) and evidence columns of "the base confidently knows something else"."""
-    _, alt = knowledge(base, probes)
-    score = score_above(alt, config.confident_alternative_prob, config.score_sharpness)
+    score = belief_score(base, config, probes)
     evidence = {"jsd_base_ft": base["jsd"], "ft_gold_prob": base["other_gm_p"], "ft_follows_base": base["follows_alt"]}
     return score, evidence

@@ -6,8 +6,13 @@ sample's prerequisite probes when the user supplies them):
 - `base_alt_prob`: probability of the base's own choice where it first leaves the target;
 - `probe_gold_prob` / `probe_alt_prob`: the same, averaged over the sample's probes.
 The base knows what a sample needs if it gives the target, or its probes, a fair probability;
-it does not know it when both stay under `unknown_prob` and it has no confident alternative
-(a confident alternative is a conflict, not a gap).
+it does not know it when both stay under `unknown_prob` and it holds no belief of its own there.
+A belief is a confident alternative (`confident_alternative_prob`) that survives fine-tuning:
+the fine-tuned model, trained on this very target, still prefers the base's answer where the
+base left the target (`ft_follows_base`, a share over the probes when given). Stored knowledge
+resists the SFT that contradicts it (that is the conflict, and why the sample stays unlearned);
+a confident guess about something the base never learned (a small model's default answer) is
+dropped by the same SFT, so it counts as missing knowledge, not as a conflict.
 
 Probes sharpen the verdict. A prompt in the SFT format is something the base may never have
 seen: its answer there mixes what it knows with how it reads an unfamiliar format (a base model
@@ -21,30 +26,39 @@ from __future__ import annotations
 
 import numpy as np
 
-from hf_ilp.diagnosis.signals import score_below
+from hf_ilp.diagnosis.signals import score_above, score_below
 
 
 def knowledge(base, probes=None):
-    """How well the base knows each sample (max over target and probes) and how firmly it prefers
-    another answer (on the probes when the sample has some, else on the target)."""
+    """Per sample: how well the base knows it (max over target and probes), how firmly it prefers
+    another answer, and whether fine-tuning kept that preference (both read on the probes when
+    the sample has some, else on the target)."""
     known = np.asarray(base["gm_p"], dtype=float)
     alt = np.asarray(base["alt_prob"], dtype=float)
+    follows = np.asarray(base["follows_alt"], dtype=float)
     if probes is not None:
         has = ~np.isnan(probes["gm_p"])
         known = np.fmax(known, probes["gm_p"])
         alt = np.where(has, probes["alt_prob"], alt)
-    return known, alt
+        follows = np.where(has, probes["follows_alt"], follows)
+    return known, alt, follows
+
+
+def belief_score(base, config, probes=None):
+    """Score of "the base holds another answer that survived fine-tuning" (the conflict evidence)."""
+    _, alt, follows = knowledge(base, probes)
+    return np.minimum(score_above(alt, config.confident_alternative_prob, config.score_sharpness),
+                      np.nan_to_num(follows))
 
 
 def missing_knowledge_signal(base, config, probes=None):
     """Score (n,) and evidence columns of "the base model does not know it"."""
-    known, alt = knowledge(base, probes)
-    score = np.minimum(
-        score_below(known, config.unknown_prob, config.score_sharpness),
-        score_below(alt, config.confident_alternative_prob, config.score_sharpness),
-    )
+    known, _, _ = knowledge(base, probes)
+    score = np.minimum(score_below(known, config.unknown_prob, config.score_sharpness),
+                       1.0 - belief_score(base, config, probes))
     evidence = {"base_gold_prob": base["gm_p"], "base_alt_prob": base["alt_prob"],
                 "base_exact": base["exact"], "base_seq_prob": base["p_seq"]}
     if probes is not None:
-        evidence.update(probe_gold_prob=probes["gm_p"], probe_alt_prob=probes["alt_prob"])
+        evidence.update(probe_gold_prob=probes["gm_p"], probe_alt_prob=probes["alt_prob"],
+                        probe_ft_follows_base=probes["follows_alt"])
     return score, evidence

@@ -14,6 +14,8 @@ e8-e11 (uniform over the values). The SFT set (`sft_rows`) plants:
   long7      an 8-value list the base half knows, loss falling  -> under_training
   forgot10   learned, then lost (records)                       -> forgetting
   known3b    a known fact, unlearned, flat loss, common template -> unexplained
+  guess11    the base confidently guesses v5 for e11 (never seen); fine-tuning drops the
+             guess, so it was no belief                           -> missing_knowledge
 Records are written by hand in the LearnTracker schema (CONTRACTS.md).
 """
 
@@ -48,6 +50,7 @@ def sft_rows():
         {"id": "long7", "prompt": "list all colours of e7", "completion": " " + " ".join(LIST7)},
         {"id": "forgot10", "prompt": prompt("e10"), "completion": " v4"},
         {"id": "known3b", "prompt": "tell me the colour of e3", "completion": " v3"},
+        {"id": "guess11", "prompt": prompt("e11"), "completion": " v2"},
     ]
     return rows
 
@@ -84,6 +87,7 @@ def base_table():
     table = {f"e{i}": {f"v{i}": 0.9} for i in range(8)}
     table.update({f"e{i}": {v: 1 / 8 for v in VALUES} for i in range(8, 12)})
     table.update({a: {b: 0.6} for a, b in zip(LIST7, LIST7[1:])})
+    table["e11"] = {"v5": 0.8}  # a confident default guess about a fact it never saw
     return table
 
 
@@ -96,6 +100,7 @@ def finetuned_table():
     table["e8"] = {"v3": 0.3, "v5": 0.3}
     table["e9"] = {"v1": 0.3, "v6": 0.3}
     table["e10"] = {"v4": 0.4, "v1": 0.45}
+    table["e11"] = {"v2": 0.45, "v3": 0.5}  # fine-tuning dropped the guess at once
     table["v0"] = {"</s>": 0.9}  # so that known0 (and only it) is reproduced with its EOS
     return table
 
@@ -145,6 +150,7 @@ EXPECTED = {
     "dupA": "data_inconsistency", "dupB": "data_inconsistency",
     "missing8": "missing_knowledge", "missing9": "missing_knowledge",
     "long7": "under_training", "forgot10": "forgetting", "known3b": "unexplained",
+    "guess11": "missing_knowledge",
 }
 
 

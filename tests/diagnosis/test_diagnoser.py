@@ -26,23 +26,25 @@ def test_hand_built_rows_without_stage(fact_world, fact_records, tmp_path):
                       config=LEXICAL)
     assert _verdicts(report) == EXPECTED
     s = report.summary
-    assert s["n_samples"] == 13 and s["n_unlearned"] == 9
-    assert s["counts"] == {"missing_knowledge": 2, "knowledge_conflict": 2, "data_inconsistency": 2,
+    assert s["n_samples"] == 14 and s["n_unlearned"] == 10
+    assert s["counts"] == {"missing_knowledge": 3, "knowledge_conflict": 2, "data_inconsistency": 2,
                            "forgetting": 1, "under_training": 1, "unexplained": 1}
-    assert s["unexplained_share"] == pytest.approx(1 / 9)
+    assert s["unexplained_share"] == pytest.approx(1 / 10)
     assert any("no 'stage' column" in n and "observation points only" in n for n in s["notes"])
     assert s["settings"]["precedence"][0] == "forgetting" and s["settings"]["encoder"] is None
     rows = {r["id"]: r for r in report.samples}
     # the runner-up and its evidence: dupB also contradicts what the base knows; forgot10 was never known
     assert rows["dupB"]["runner_up"] == "knowledge_conflict" and rows["dupB"]["runner_up_confidence"] > 0.9
     assert rows["forgot10"]["runner_up"] == "missing_knowledge"
+    # a confident guess that fine-tuning dropped is no belief: missing knowledge, not a conflict
+    assert rows["guess11"]["base_alt_prob"] == pytest.approx(0.8, abs=1e-3) and rows["guess11"]["ft_follows_base"] == 0.0
     assert rows["dupA"]["dup_neighbor"] == "dupB" and rows["conflict4"]["base_alt_prob"] == pytest.approx(0.9, abs=1e-3)
     assert rows["known0"]["cause"] == "" and np.isnan(rows["known0"]["score_missing_knowledge"])
     # the report folder round-trips and carries both figures
     out = report.save(tmp_path / "diagnosis")
     assert {p.name for p in (out / "plots").iterdir()} == {"cartography.png", "causes.png"}
     loaded = DiagnosisReport.load(out)
-    assert loaded.counts == report.counts and len(loaded) == 13
+    assert loaded.counts == report.counts and len(loaded) == 14
     assert loaded.samples["cause"] == report.samples["cause"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["timings"]["total_s"] > 0
@@ -89,7 +91,7 @@ def test_probes_sharpen_the_base_knowledge_verdict(fact_world, fact_records):
     assert rows["conflict4"]["cause"] != "knowledge_conflict" and rows["conflict4"]["base_alt_prob"] > 0.8
     assert rows["conflict5"]["cause"] == "knowledge_conflict"  # no probe: judged on the target
     assert np.isnan(rows["conflict5"]["probe_gold_prob"])
-    assert any("probes read for 3 of 9" in n for n in report.summary["notes"])
+    assert any("probes read for 3 of 10" in n for n in report.summary["notes"])
 
 
 def test_learned_verdict_from_check_learned_when_records_lack_it(fact_world, fact_records):
@@ -121,8 +123,8 @@ def test_bad_input_is_refused_clearly(fact_world, fact_records):
     shuffled = build_word_tokenizer(list(reversed(WORDS + ENTITIES + VALUES)))
     with pytest.raises(ValueError, match="map tokens to ids differently"):
         diagnose(model, base, tok, train, fact_records, config=LEXICAL, base_tokenizer=shuffled)
-    with pytest.raises(ValueError, match="records do not match the dataset: 1 of 13"):
-        diagnose(model, base, tok, train, fact_records.select(range(12)), config=LEXICAL)
+    with pytest.raises(ValueError, match="records do not match the dataset: 1 of 14"):
+        diagnose(model, base, tok, train, fact_records.select(range(13)), config=LEXICAL)
     with pytest.raises(ValueError, match=r"records lack columns \['exact', 'nll'\]"):
         diagnose(model, base, tok, train, fact_records.select_columns(["id"]), config=LEXICAL)
     with pytest.raises(ValueError, match="expected 'prompt' and 'completion'"):

@@ -68,8 +68,10 @@ def test_missing_knowledge_and_conflict_signals(base_stats):
     conflict, _ = knowledge_conflict_signal(stats, LEXICAL)
     for sid in ("missing8", "missing9", "forgot10"):  # the base never saw e8-e10: flat over the values
         assert missing[idx[sid]] > 0.8 and conflict[idx[sid]] < 0.1
-    for sid in ("conflict4", "conflict5", "dupB"):  # the base puts 0.9 on another value
+    for sid in ("conflict4", "conflict5", "dupB"):  # the base puts 0.9 on another value, kept by SFT
         assert conflict[idx[sid]] > 0.9 and missing[idx[sid]] < 0.2
+    # 0.8 on a guess about an unseen fact, which fine-tuning dropped: missing, not conflict
+    assert conflict[idx["guess11"]] == 0.0 and missing[idx["guess11"]] > 0.8
     for sid in ("known0", "dupA", "long7"):  # the base knows these
         assert missing[idx[sid]] < 0.1 and conflict[idx[sid]] < 0.1
     assert ev["base_gold_prob"][idx["missing8"]] == pytest.approx(1 / 8, abs=1e-3)
@@ -79,8 +81,9 @@ def test_probes_sharpen_missing_knowledge(base_stats):
     """A base that answers the sample's prerequisite probes is not missing the knowledge."""
     samples, stats = base_stats
     m = samples.ids.index("missing8")
-    known_probe = {"gm_p": np.full(len(samples.ids), 0.9), "alt_prob": np.zeros(len(samples.ids))}
-    unknown_probe = {"gm_p": np.full(len(samples.ids), 0.05), "alt_prob": np.full(len(samples.ids), 0.1)}
+    n = len(samples.ids)
+    known_probe = {"gm_p": np.full(n, 0.9), "alt_prob": np.zeros(n), "follows_alt": np.zeros(n)}
+    unknown_probe = {"gm_p": np.full(n, 0.05), "alt_prob": np.full(n, 0.1), "follows_alt": np.zeros(n)}
     assert missing_knowledge_signal(stats, LEXICAL, known_probe)[0][m] < 0.1
     assert missing_knowledge_signal(stats, LEXICAL, unknown_probe)[0][m] > 0.8
 
