@@ -105,20 +105,44 @@ def _tokenize_example(example: dict, tokenizer, chat_template=None) -> tuple[lis
     return full_ids, [0] * start + [1] * (len(full_ids) - start)
 
 
+def _tokenize_plain_pairs(dataset, tokenizer):
+    """Batched fast path for non-conversational prompt-completion rows (same result as row by row)."""
+    eos = tokenizer.eos_token or ""
+    prompts = list(dataset["prompt"])
+    completions = [c if c.endswith(eos) else c + eos for c in dataset["completion"]]
+    prompt_ids = tokenizer(prompts)["input_ids"]
+    full_ids = tokenizer([p + c for p, c in zip(prompts, completions)])["input_ids"]
+    for p_ids, f_ids in zip(prompt_ids, full_ids):
+        start = common_prefix_length(p_ids, f_ids)
+        yield list(f_ids), [0] * start + [1] * (len(f_ids) - start)
+
+
 def tokenize_rows(dataset, tokenizer, max_length=None, truncation_mode="keep_start", chat_template=None) -> _Rows:
     """Tokenize `dataset` like TRL's SFTTrainer; names come from an `id` column, else the row hash."""
+    if truncation_mode not in ("keep_start", "keep_end"):
+        raise ValueError(f"truncation_mode must be 'keep_start' or 'keep_end', got {truncation_mode!r}")
+    columns = getattr(dataset, "column_names", None) or []
+    plain_pairs = (
+        isinstance(dataset, Dataset)
+        and len(dataset) > 0
+        and {"prompt", "completion"} <= set(columns)
+        and "input_ids" not in columns
+        and chat_template is None
+        and not is_conversational(dataset[0])
+    )
+    pairs = (
+        _tokenize_plain_pairs(dataset, tokenizer)
+        if plain_pairs
+        else (_tokenize_example(example, tokenizer, chat_template) for example in dataset)
+    )
     ids, targets = [], []
-    for example in dataset:
-        row_ids, row_targets = _tokenize_example(example, tokenizer, chat_template)
+    for row_ids, row_targets in pairs:
         if max_length is not None and len(row_ids) > max_length:
-            if truncation_mode not in ("keep_start", "keep_end"):
-                raise ValueError(f"truncation_mode must be 'keep_start' or 'keep_end', got {truncation_mode!r}")
             sl = slice(None, max_length) if truncation_mode == "keep_start" else slice(-max_length, None)
             row_ids, row_targets = row_ids[sl], row_targets[sl]
         row_targets = [0] + row_targets[1:]  # the first token is never predicted
         ids.append(row_ids)
         targets.append(row_targets)
-    columns = getattr(dataset, "column_names", None) or []
     hashes = [row_hash(r) for r in ids]
     names = [str(x) for x in dataset["id"]] if "id" in columns else list(hashes)
     stages = [int(s) for s in dataset["stage"]] if "stage" in columns else [-1] * len(ids)
@@ -162,19 +186,22 @@ def score_rows(
             pos = order[start : start + batch_size]
             batch = [int(indices[p]) for p in pos]
             width = max(len(rows.ids[i]) for i in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            tmask = torch.zeros(len(batch), width, dtype=torch.bool)
-            attn = torch.zeros(len(batch), width, dtype=torch.long)
+            ids = np.zeros((len(batch), width), dtype=np.int64)
+            tmask = np.zeros((len(batch), width), dtype=bool)
+            attn = np.zeros((len(batch), width), dtype=np.int64)
             first_target = width
             for b, i in enumerate(batch):
                 row, tgt = rows.ids[i], rows.targets[i]
                 off = width - len(row)
-                ids[b, off:] = torch.tensor(row)
-                tmask[b, off:] = torch.tensor(tgt, dtype=torch.bool)
+                ids[b, off:] = row
+                tmask[b, off:] = tgt
                 attn[b, off:] = 1
                 first_target = min(first_target, off + tgt.index(1))
+            ids, tmask, attn = torch.from_numpy(ids), torch.from_numpy(tmask), torch.from_numpy(attn)
             keep = width - first_target + 1  # logits at positions first_target-1 .. width-1
-            kwargs = {"attention_mask": attn.to(device), "position_ids": (attn.cumsum(-1) - 1).clamp(min=0).to(device)}
+            kwargs = {}
+            if not bool(attn.all()):  # left padding: mask it and count positions from the first real token
+                kwargs = {"attention_mask": attn.to(device), "position_ids": (attn.cumsum(-1) - 1).clamp(min=0).to(device)}
             if keep_logits:
                 kwargs["logits_to_keep"] = keep
             logits = model(input_ids=ids.to(device), use_cache=False, **kwargs).logits[:, -keep:-1].float()

@@ -110,7 +110,7 @@ class LearnTracker(TrainerCallback):
         self.config = config or LearnTrackerConfig()
         self.rows: _Rows | None = None
         self._index: dict[str, list[int]] = {}
-        self._targets: list[torch.Tensor] = []
+        self._targets: list[np.ndarray] = []
         self._events: list[dict] = []
         self._pending: dict[int, tuple] = {}
         self._counter = 0  # training forwards seen: orders the presentations inside a window
@@ -199,7 +199,7 @@ class LearnTracker(TrainerCallback):
         self._index = {}
         for i, h in enumerate(rows.hashes):
             self._index.setdefault(h, []).append(i)
-        self._targets = [torch.tensor(t, dtype=torch.bool) for t in rows.targets]
+        self._targets = [np.asarray(t, dtype=bool) for t in rows.targets]
         n = len(rows.ids)
         for name, default in (("_learned_last", False), ("_learned_ever", False), ("_observed", False)):
             old = getattr(self, name)
@@ -256,18 +256,19 @@ class LearnTracker(TrainerCallback):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
             return
-        ids = input_ids.detach().cpu()
+        ids = input_ids.detach().cpu().numpy()
         attn = kwargs.get("attention_mask")
-        attn = torch.ones_like(ids) if attn is None else attn.detach().cpu()
+        attn = np.ones(ids.shape, dtype=bool) if attn is None else attn.detach().cpu().numpy().astype(bool)
         n_batch, width = ids.shape
-        tmask = torch.zeros(n_batch, width - 1, dtype=torch.bool)
+        lengths = attn.sum(1)
+        offsets = attn.argmax(1)  # first real token (right or left padding)
+        tmask = np.zeros((n_batch, width - 1), dtype=bool)
         matched = []
         for b in range(n_batch):
-            real = attn[b].nonzero().flatten()
-            if len(real) == 0:
+            off, length = int(offsets[b]), int(lengths[b])
+            if length == 0:
                 continue
-            off, length = int(real[0]), len(real)
-            idx = self._index.get(row_hash(ids[b, off : off + length].numpy()))
+            idx = self._index.get(row_hash(ids[b, off : off + length]))
             if idx is None:
                 self._unmatched += 1
                 continue
@@ -277,7 +278,7 @@ class LearnTracker(TrainerCallback):
         if not matched:
             return
         device = input_ids.device
-        tmask = tmask.to(device)
+        tmask = torch.from_numpy(tmask).to(device)
         row_of = torch.arange(n_batch, device=device)[:, None].expand(n_batch, width - 1)[tmask]
         if fused:
             lp = output.log_probs.detach()[tmask].double()
