@@ -21,10 +21,18 @@ def register(subparsers) -> None:
 
 
 def _build(args) -> int:
+    import logging
+    import sys
+
     from hf_ilp.world.build import build_world
 
-    world = build_world(size=args.size, seed=args.seed, cache_dir=args.cache_dir, rebuild=args.rebuild)
-    out = world.export(args.out)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        world = build_world(size=args.size, seed=args.seed, cache_dir=args.cache_dir, rebuild=args.rebuild)
+        out = world.export(args.out)
+    except (ValueError, OSError) as err:
+        print(f"hf-ilp world build: error: {err}", file=sys.stderr)
+        return 2
     print(f"ILP-World {world.size} (seed {world.seed}): {len(world.train)} train / {len(world.validation)} validation samples")
     print(f"written to {out}")
     return 0

@@ -43,3 +43,17 @@ def reproduced(model, tokenizer, dataset, batch_size: int = 64) -> list[bool]:
             result.append(bool((predicted[i, begin - 1 : len(row) - 1] == targets).all()))
     model.train(was_training)
     return result
+
+
+def unlearned_by_cause(dataset, reproduced_flags) -> dict:
+    """Count, per `world_cause` ("" for normal samples), how many rows are not reproduced.
+
+    Returns `{cause: {"unlearned": n, "total": m}}`. ILP-World's ground truth is read here only
+    to calibrate the world and to summarize its demo; no diagnosis code calls this.
+    """
+    counts = {}
+    for cause, ok in zip(dataset["world_cause"], reproduced_flags):
+        entry = counts.setdefault(cause, {"unlearned": 0, "total": 0})
+        entry["total"] += 1
+        entry["unlearned"] += not ok
+    return dict(sorted(counts.items()))

@@ -1,0 +1,136 @@
+"""ILP-World: determinism, contents, cache, errors and the CLI (calibration is in test_calibration.py)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from hf_ilp.cli import main as cli_main
+from hf_ilp.world import World, build_word_tokenizer, build_world, pretrain, reproduced, tiny_llama_config
+from hf_ilp.world.build import SIZES, CorruptWorldError
+from hf_ilp.world.generate import generate
+
+CAUSES = {"missing_knowledge", "knowledge_conflict", "data_inconsistency", "forgetting", "under_training"}
+
+
+def test_generation_is_deterministic_by_seed():
+    a, b, c = generate(SIZES["tiny"], 0), generate(SIZES["tiny"], 0), generate(SIZES["tiny"], 1)
+    assert a.train == b.train and a.corpus == b.corpus and a.probes == b.probes and a.validation == b.validation
+    assert a.train != c.train and a.corpus != c.corpus
+
+
+def test_pretraining_is_deterministic_by_seed():
+    text = generate(SIZES["tiny"], 0)
+    tokenizer = build_word_tokenizer(text.words)
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = LlamaForCausalLM(tiny_llama_config(len(tokenizer), hidden_size=32, num_attention_heads=2))
+        losses = pretrain(model, tokenizer, text.corpus[:64], epochs=2, batch_size=16, seed=3)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert losses[1] < losses[0]
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_word_tokenizer_round_trip(tmp_path):
+    tokenizer = build_word_tokenizer(["what", "is", "blue"])
+    ids = tokenizer("what is blue</s>").input_ids
+    assert ids == [tokenizer.bos_token_id, 4, 5, 6, tokenizer.eos_token_id]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "what is blue"
+    assert tokenizer("what is zorb").input_ids[-1] == tokenizer.unk_token_id
+    tokenizer.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tmp_path)("what is blue").input_ids == ids[:-1]
+    with pytest.raises(ValueError, match="without whitespace"):
+        build_word_tokenizer(["two words"])
+
+
+def test_tiny_world_contents(tiny_world):
+    w = tiny_world
+    assert (w.size, w.seed) == ("tiny", 0)
+    for split in (w.train, w.validation):
+        assert split.column_names == ["id", "prompt", "completion", "stage", "world_cause"]
+    assert set(w.train["world_cause"]) == CAUSES | {""}
+    assert sorted(set(w.train["stage"])) == [0, 1]
+    assert len(set(w.train["id"])) == len(w.train)
+    assert list(w.probes["id"]) == list(w.train["id"])
+    assert all(len(p) == len(c) > 0 for p, c in zip(w.probes["probe_prompts"], w.probes["probe_completions"]))
+    assert "text" in w.corpus.column_names and len(w.corpus) > len(w.train)
+    # the tokenizer is saved with the base model, so anything that loads a Hub model loads it
+    model = w.load_base_model()
+    assert model.config.vocab_size == len(w.tokenizer)
+    assert (w.base_model_path / "tokenizer.json").is_file()
+
+
+def test_planting_is_genuine(tiny_world):
+    """The base model knows what the corpus states and not what it leaves out, on the prerequisite probes."""
+    w = tiny_world
+    model = w.load_base_model()
+    rows = [
+        {"prompt": p, "completion": c, "cause": cause}
+        for probes, cause in zip(w.probes, w.train["world_cause"])
+        for p, c in zip(probes["probe_prompts"], probes["probe_completions"])
+    ]
+    from datasets import Dataset
+
+    probes = Dataset.from_list(rows)
+    known = reproduced(model, w.tokenizer, probes)
+    share = {}
+    for cause in CAUSES | {""}:
+        flags = [k for k, r in zip(known, rows) if r["cause"] == cause]
+        share[cause] = sum(flags) / len(flags)
+    assert share[""] >= 0.95 and share["forgetting"] >= 0.9 and share["under_training"] >= 0.9
+    assert share["missing_knowledge"] <= 0.2  # never stated in the corpus
+    assert share["knowledge_conflict"] <= 0.1  # the corpus states another value
+    # the corpus never states the missing facts, and states the contradicted ones otherwise
+    corpus = set(w.corpus["text"])
+    missing = [p for p, c in zip(w.probes, w.train["world_cause"]) if c == "missing_knowledge"]
+    assert not any(f"{p['probe_prompts'][0]}{p['probe_completions'][0]}" in corpus for p in missing)
+    conflict = [p for p, c in zip(w.probes, w.train["world_cause"]) if c == "knowledge_conflict"]
+    assert not any(f"{p['probe_prompts'][0]}{p['probe_completions'][0]}" in corpus for p in conflict)
+
+
+def test_cache_is_reused_and_verified(tiny_world, world_cache_dir, tmp_path):
+    again = build_world("tiny", seed=0, cache_dir=world_cache_dir)
+    assert again.path == tiny_world.path
+    assert list(again.train["id"]) == list(tiny_world.train["id"])
+    # a corrupt copy is detected, never silently reused
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_world.path, copy)
+    World.load(copy)
+    weights = copy / "base_model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"corrupt!")
+    with pytest.raises(CorruptWorldError, match="checksum"):
+        World.load(copy)
+    (copy / "world.json").write_text("{not json")
+    with pytest.raises(CorruptWorldError, match="world.json"):
+        World.load(copy)
+
+
+def test_bad_input_is_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown ILP-World size 'huge'"):
+        build_world("huge", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="seed"):
+        build_world("tiny", seed=-1, cache_dir=tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(PermissionError, match="cache directory .*a-file.* cannot be written"):
+        build_world("tiny", cache_dir=blocker / "cache")
+
+
+def test_cli_world_build(tiny_world, world_cache_dir, tmp_path, capsys):
+    out = tmp_path / "export"
+    assert cli_main(["world", "build", "--size", "tiny", "--seed", "0", "--out", str(out), "--cache-dir", str(world_cache_dir)]) == 0
+    assert str(out) in capsys.readouterr().out
+    meta = json.loads((out / "world.json").read_text())
+    assert (meta["size"], meta["seed"]) == ("tiny", 0)
+    exported = World.load(out)
+    assert list(exported.train["prompt"]) == list(tiny_world.train["prompt"])
+    lines = (out / "train.jsonl").read_text().splitlines()
+    assert len(lines) == len(tiny_world.train) and json.loads(lines[0])["id"] == tiny_world.train[0]["id"]
+    assert (out / "base_model" / "model.safetensors").is_file() and (out / "data" / "probes").is_dir()
+    assert cli_main(["world", "build", "--size", "huge", "--out", str(tmp_path / "x"), "--cache-dir", str(world_cache_dir)]) == 2
+    assert "unknown ILP-World size 'huge'" in capsys.readouterr().err
