@@ -17,7 +17,14 @@ never modified. One module per cause:
                    new atomic output folder per intervention (see its docstring for the layout).
 """
 
-from hf_ilp.interventions.apply import InterventionConfig, InterventionResult, before_after, intervene
+from hf_ilp.interventions.apply import (
+    InterventionConfig,
+    InterventionResult,
+    before_after,
+    format_before_after,
+    intervene,
+    intervene_and_rediagnose,
+)
 from hf_ilp.interventions.forgetting import DynamicResamplingCallback, ResamplingSampler, global_shuffle
 from hf_ilp.interventions.inconsistency import (
     ConflictBucketSampler,
@@ -50,12 +57,14 @@ __all__ = [
     "TrainSamplerSFTTrainer",
     "ValLossRiseStopping",
     "before_after",
+    "format_before_after",
     "conflict_buckets",
     "conflict_groups",
     "continued_pretraining",
     "global_shuffle",
     "injection_corpus",
     "intervene",
+    "intervene_and_rediagnose",
     "likelihood_judge",
     "resolve_conflicts",
     "upsample",

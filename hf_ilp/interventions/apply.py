@@ -350,3 +350,50 @@ def intervene(
         (tmp / "intervention.json").write_text(json.dumps(manifest, indent=2, default=str))
     state.wait_for_everyone()
     return InterventionResult(cause=cause, path=output_dir, manifest=manifest, model=trained)
+
+
+def intervene_and_rediagnose(causes: Sequence[str], report, train_dataset, output_dir, *, base_model, tokenizer, args,
+                             probes=None, diagnoser_config=None, **intervene_kwargs) -> dict:
+    """For each cause: `intervene` (a fresh `LearnTracker` on the new run), then diagnose the new
+    model on the same `train_dataset`; the new report is saved in `<run>/report` and records the
+    intervention that produced it. Returns `{cause: (InterventionResult, DiagnosisReport)}`.
+
+    Every cause is checked first (a cause the report does not flag fails before any training).
+    """
+    from hf_ilp.diagnosis import diagnose
+    from hf_ilp.tracking import LearnTracker
+
+    causes = [c.strip() for c in causes if c.strip()]
+    unknown = [c for c in causes if c not in _RUNNERS]
+    if unknown:
+        raise ValueError(f"unknown cause(s) {unknown} to intervene on; expected some of {tuple(_RUNNERS)}")
+    check_report_matches(report, train_dataset, "train_dataset")
+    for cause in causes:
+        require_flagged(report, [cause])
+    base = fresh_model(base_model)
+    extra_callbacks = list(intervene_kwargs.pop("callbacks", ()))
+    out = {}
+    for cause in causes:
+        tracker = LearnTracker(dataset=train_dataset)
+        result = intervene(cause, report, train_dataset, Path(output_dir) / f"intervention-{cause}",
+                           base_model=base_model, tokenizer=tokenizer, args=args,
+                           callbacks=[*extra_callbacks, tracker], **intervene_kwargs)
+        after = diagnose(result.model, base, tokenizer, train_dataset, tracker.records, probes=probes,
+                         config=diagnoser_config)
+        result.annotate(after)
+        after.save(result.path / "report")
+        out[cause] = (result, after)
+    return out
+
+
+def format_before_after(before, afters: dict) -> str:
+    """A plain-text table: unlearned count per cause before, and after each intervention."""
+    causes = list(afters)
+    head = f"{'cause':<20}{'before':>8}" + "".join(f"{'after ' + c[:14]:>22}" for c in causes)
+    lines = [head, "-" * len(head)]
+    tables = {c: {r["cause"]: r for r in before_after(before, rep)} for c, (_, rep) in afters.items()}
+    for row in before_after(before, before):
+        name = row["cause"]
+        cells = "".join(f"{tables[c][name]['after']:>14} ({tables[c][name]['change']:+d})".rjust(22) for c in causes)
+        lines.append(f"{name:<20}{row['before']:>8}{cells}")
+    return "\n".join(lines)

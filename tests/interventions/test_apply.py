@@ -145,3 +145,21 @@ def test_before_after_table():
     table = {r["cause"]: r for r in before_after(before, after)}
     assert table["forgetting"] == {"cause": "forgetting", "before": 2, "after": 0, "change": -2}
     assert table["total"]["before"] == 3 and table["total"]["after"] == 2
+
+
+def test_intervene_and_rediagnose_saves_a_new_report_naming_the_intervention(tmp_path, tokenizer, tiny_model):
+    from hf_ilp.interventions import format_before_after, intervene_and_rediagnose
+
+    train = _train()
+    report = _report(train["id"], CAUSE_ROWS)
+    with pytest.raises(ValueError, match="unknown cause"):
+        intervene_and_rediagnose(["forgeting"], report, train, tmp_path / "x", base_model=tiny_model,
+                                 tokenizer=tokenizer, args=sft_args(tmp_path / "a"))
+    out = intervene_and_rediagnose(["forgetting"], report, train, tmp_path / "iv", base_model=tiny_model,
+                                   tokenizer=tokenizer, args=sft_args(tmp_path / "a"),
+                                   config=InterventionConfig(resample_every_k_steps=2))
+    result, after = out["forgetting"]
+    saved = DiagnosisReport.load(result.path / "report")
+    assert saved.summary["intervention"]["cause"] == "forgetting" and len(saved) == len(train)
+    table = format_before_after(report, out)
+    assert "after forgetting" in table and table.splitlines()[2].startswith("missing_knowledge")
