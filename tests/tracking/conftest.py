@@ -5,7 +5,6 @@ one-word answers (short rows) or 6-word answers (long rows), so that a briefly t
 learned some rows and not others.
 """
 
-import contextlib
 import random
 
 import pytest
@@ -36,23 +35,6 @@ def make_rows(n_items=24, long_answers=4, seed=0, stages=False):
     return Dataset.from_list(rows)
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU they lose a lot to them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
-
 @pytest.fixture(scope="session")
 def word_tokenizer():
     words = ["what", "is", "the", "of", "?"] + ITEMS + RELATIONS + VALUES
@@ -81,8 +63,7 @@ def half_trained(word_tokenizer, rows):
     """A tiny Llama trained briefly on the rows: some reproduced exactly, some not."""
     model = tiny_model(word_tokenizer, seed=1, hidden_size=48)
     texts = [r["prompt"] + r["completion"] for r in rows]  # pretrain appends EOS
-    with one_thread():
-        pretrain(model, word_tokenizer, texts, epochs=40, learning_rate=1e-2, batch_size=8, warmup_steps=10, seed=0)
+    pretrain(model, word_tokenizer, texts, epochs=40, learning_rate=1e-2, batch_size=8, warmup_steps=10, seed=0)
     model.eval()
     return model
 

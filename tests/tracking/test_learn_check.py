@@ -71,6 +71,14 @@ def test_greedy_verdict_equals_generate(half_trained, word_tokenizer, rows):
     np.testing.assert_array_equal(np.array(verdict["exact"]), np.isclose(verdict["token_acc"], 1.0))
 
 
+def test_greedy_verdict_equals_generate_on_ilp_world(tiny_world):
+    model = tiny_world.load_base_model().eval()
+    verdict = check_learned(model, tiny_world.tokenizer, tiny_world.train, progress=False)
+    greedy = _generate_reproduces(model, tiny_world.tokenizer, tiny_world.train, do_sample=False)[:, 0]
+    assert 0 < greedy.sum() < len(greedy)
+    np.testing.assert_array_equal(np.array(verdict["exact"]), greedy)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_closed_form_matches_sampling(half_trained, word_tokenizer, rows, temperature):
     torch.manual_seed(0)
