@@ -132,16 +132,19 @@ def part_c(reps: int, ref_reps: int) -> None:
                 "cpp": lambda: quantize_fp4(x, mode, group),
                 "clone": lambda: x.clone(),
             }, reps)
-            t_ref = _median_time(lambda: fp4_quantize_reference(x, mode, group), ref_reps)
-            speedup = t_ref / t["cpp"]
             frac = t["clone"] / t["cpp"]
-            if speedup < 5:
-                fails.append(f"{mode}/{gname} {speedup:.1f}x")
+            ref_cols = f"{'-':>9} {'-':>8}"
+            if gname == "block32":  # the reference takes minutes per call in the search modes
+                t_ref = _median_time(lambda: fp4_quantize_reference(x, mode, group), ref_reps)
+                speedup = t_ref / t["cpp"]
+                ref_cols = f"{t_ref * 1e3:9.1f} {speedup:8.1f}"
+                if speedup < 5:
+                    fails.append(f"{mode}/{gname} {speedup:.1f}x")
             if (mode, gname) == ("half", "block32"):
                 half32 = frac
-            print(f"{mode:<6} {gname:<8} {t['cpp'] * 1e3:8.1f} {t_ref * 1e3:9.1f} {speedup:8.1f} "
+            print(f"{mode:<6} {gname:<8} {t['cpp'] * 1e3:8.1f} {ref_cols} "
                   f"{nbytes / t['cpp'] / 1e9:7.2f} {nbytes / t['clone'] / 1e9:10.2f} {frac:6.2f}", flush=True)
-    print(f"target: C++ >= 5x reference in every mode -> {'MET' if not fails else 'NOT MET: ' + ', '.join(fails)}")
+    print(f"target: C++ >= 5x reference in every mode (blocks of 32) -> {'MET' if not fails else 'NOT MET: ' + ', '.join(fails)}")
     print(f"target: mode half, block 32 >= 0.5 of clone bandwidth -> {half32:.2f} {'MET' if half32 >= 0.5 else 'NOT MET'}")
 
 
@@ -201,7 +204,10 @@ def main() -> None:
     parser.add_argument("--world", default="tiny", choices=["tiny", "small"])
     parser.add_argument("--max-steps", type=int, default=None, help="cap the SFT steps of part (b)")
     args = parser.parse_args()
-    print(f"hf_ilp FP4 benchmark: torch {torch.__version__}, kernels {backends()}")
+    import os
+
+    print(f"hf_ilp FP4 benchmark: torch {torch.__version__}, kernels {backends()}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
     if "a" in args.parts:
         part_a()
     if "c" in args.parts:

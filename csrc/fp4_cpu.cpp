@@ -21,7 +21,11 @@ namespace {
 constexpr int kLanes = 16;
 constexpr int64_t kChunk = 1 << 16;  // elements per partial sum for large groups
 
-float finite_amax(const float* p, int64_t n) {
+// kN > 0: the group size is a compile-time constant (blocks of 16 and 32), so the loops below
+// unroll and vectorize completely; kN == 0: runtime size `n_rt`.
+template <int kN = 0>
+float finite_amax(const float* p, int64_t n_rt) {
+  const int64_t n = kN > 0 ? kN : n_rt;
   float m[kLanes] = {0};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
@@ -29,33 +33,41 @@ float finite_amax(const float* p, int64_t n) {
       const float a = std::fabs(p[i + j]);
       m[j] = (a <= kFloatMax && a > m[j]) ? a : m[j];
     }
-  for (; i < n; ++i) {
-    const float a = std::fabs(p[i]);
-    m[0] = (a <= kFloatMax && a > m[0]) ? a : m[0];
+  if constexpr (kN % kLanes != 0 || kN == 0) {
+    for (; i < n; ++i) {
+      const float a = std::fabs(p[i]);
+      m[0] = (a <= kFloatMax && a > m[0]) ? a : m[0];
+    }
   }
-  return *std::max_element(m, m + kLanes);
+  float amax = m[0];
+  for (int j = 1; j < kLanes; ++j) amax = m[j] > amax ? m[j] : amax;
+  return amax;
 }
 
-// Sum over finite elements of (|x| - dequantized magnitude)^2 for scale s > 0, in double.
-double group_error(const float* p, int64_t n, float s) {
-  double acc[kLanes] = {0};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) {
-      const float a = std::fabs(p[i + j]);
-      const float d = rne_magnitude(a / s) * s;
-      const double e = (a <= kFloatMax) ? static_cast<double>(a) - static_cast<double>(d) : 0.0;
-      acc[j] += e * e;
-    }
-  for (; i < n; ++i) {
-    const float a = std::fabs(p[i]);
-    const float d = rne_magnitude(a / s) * s;
-    const double e = (a <= kFloatMax) ? static_cast<double>(a) - static_cast<double>(d) : 0.0;
-    acc[0] += e * e;
+// Squared-error sums of the k candidate scales over the finite elements of p[0, n): for each
+// element all candidates at once (the inner loop runs across candidates, so it vectorizes for
+// any group size); each difference in float32, squared and summed in float64 in element order.
+constexpr int kPadCandidates = 24;  // kMaxCandidates rounded up to whole vectors
+static_assert(kPadCandidates >= kMaxCandidates, "pad");
+
+template <int kN = 0>
+void candidate_errors(const float* p, int64_t n_rt, const float* cand, int k, double* err) {
+  const int64_t n = kN > 0 ? kN : n_rt;
+  float sc[kPadCandidates];
+  double acc[kPadCandidates];
+  for (int c = 0; c < kPadCandidates; ++c) {
+    sc[c] = c < k ? cand[c] : 1.0f;
+    acc[c] = 0.0;
   }
-  double total = 0.0;
-  for (int j = 0; j < kLanes; ++j) total += acc[j];
-  return total;
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(p[i]);
+    if (!(a <= kFloatMax)) continue;
+    for (int c = 0; c < kPadCandidates; ++c) {
+      const float e = a - rne_magnitude(a / sc[c]) * sc[c];
+      acc[c] += static_cast<double>(e) * static_cast<double>(e);
+    }
+  }
+  for (int c = 0; c < k; ++c) err[c] = acc[c];
 }
 
 // First candidate, replaced only by one with a clearly lower error (see kTieMargin).
@@ -66,14 +78,15 @@ float pick(const float* cand, const double* err, int k) {
   return cand[best];
 }
 
+template <int kN = 0>
 float select_scale_serial(const float* p, int64_t n, int mode) {
-  const float amax = finite_amax(p, n);
+  const float amax = finite_amax<kN>(p, n);
   if (!(amax > 0.0f)) return 0.0f;
   float cand[kMaxCandidates];
   const int k = candidate_scales(amax, mode, cand);
   if (k == 1) return cand[0];
   double err[kMaxCandidates];
-  for (int c = 0; c < k; ++c) err[c] = group_error(p, n, cand[c]);
+  candidate_errors<kN>(p, n, cand, k, err);
   return pick(cand, err, k);
 }
 
@@ -92,8 +105,7 @@ float select_scale_parallel(const float* p, int64_t n, int mode) {
   std::vector<double> part(nchunks * k, 0.0);
   at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c)
-      for (int j = 0; j < k; ++j)
-        part[c * k + j] = group_error(p + c * kChunk, std::min(kChunk, n - c * kChunk), cand[j]);
+      candidate_errors(p + c * kChunk, std::min(kChunk, n - c * kChunk), cand, k, &part[c * k]);
   });
   double err[kMaxCandidates] = {0};
   for (int64_t c = 0; c < nchunks; ++c)
@@ -102,9 +114,10 @@ float select_scale_parallel(const float* p, int64_t n, int mode) {
 }
 
 // Quantize-dequantize x[0, n) (flat indices start..start+n) with scale s; codes unpacked.
-template <bool kSR, bool kCodes>
-void apply_span(const float* x, float* out, uint8_t* code, int64_t n, float s, uint64_t seed,
+template <bool kSR, bool kCodes, int kN = 0>
+void apply_span(const float* x, float* out, uint8_t* code, int64_t n_rt, float s, uint64_t seed,
                 int64_t start) {
+  const int64_t n = kN > 0 ? kN : n_rt;
   if (!(s > 0.0f)) {  // all-zero group: zeros keep their sign, non-finite values pass through
     for (int64_t i = 0; i < n; ++i) {
       const float a = std::fabs(x[i]);
@@ -132,14 +145,28 @@ void apply_span(const float* x, float* out, uint8_t* code, int64_t n, float s, u
   }
 }
 
+template <int kN = 0>
 void apply(const float* x, float* out, uint8_t* code, int64_t n, float s, bool sr, uint64_t seed,
            int64_t start) {
   if (sr) {
-    if (code) apply_span<true, true>(x, out, code, n, s, seed, start);
-    else apply_span<true, false>(x, out, nullptr, n, s, seed, start);
+    if (code) apply_span<true, true, kN>(x, out, code, n, s, seed, start);
+    else apply_span<true, false, kN>(x, out, nullptr, n, s, seed, start);
   } else {
-    if (code) apply_span<false, true>(x, out, code, n, s, seed, start);
-    else apply_span<false, false>(x, out, nullptr, n, s, seed, start);
+    if (code) apply_span<false, true, kN>(x, out, code, n, s, seed, start);
+    else apply_span<false, false, kN>(x, out, nullptr, n, s, seed, start);
+  }
+}
+
+// Groups [b, e) of a layout whose groups all have kN elements and lie back to back (kN divides
+// the row length): group g covers flat indices [g * kN, (g + 1) * kN).
+template <int kN>
+void fixed_groups(const float* x, float* out, uint8_t* code, float* scales, int64_t b, int64_t e,
+                  int mode, bool sr, uint64_t seed) {
+  for (int64_t g = b; g < e; ++g) {
+    const int64_t start = g * kN;
+    const float s = select_scale_serial<kN>(x + start, kN, mode);
+    scales[g] = s;
+    apply<kN>(x + start, out + start, code ? code + start : nullptr, kN, s, sr, seed, start);
   }
 }
 
@@ -168,7 +195,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_quantize_cpu(const at::Tensor
   if (G >= 4 * at::get_num_threads()) {
     // Many groups: choose and apply each group's scale in one pass.
     const int64_t grain = std::max<int64_t>(1, 16384 / L.gsize);
+    const bool packed = L.cols % L.gsize == 0;
     at::parallel_for(0, G, grain, [&](int64_t b, int64_t e) {
+      if (packed && L.gsize == 16)
+        return fixed_groups<16>(x, out, code, scales, b, e, p.mode, stochastic, useed);
+      if (packed && L.gsize == 32)
+        return fixed_groups<32>(x, out, code, scales, b, e, p.mode, stochastic, useed);
       for (int64_t g = b; g < e; ++g) {
         const int64_t r = g / L.gpr, j = g % L.gpr;
         const int64_t start = r * L.cols + j * L.gsize;

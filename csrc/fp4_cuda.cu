@@ -74,7 +74,7 @@ __global__ void select_scales(const float* __restrict__ x, float* __restrict__ s
         for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
           const float a = f_abs(p[i]);
           const float d = __fmul_rn(rne_magnitude(__fdiv_rn(a, cand[c])), cand[c]);
-          const double e = (a <= kFloatMax) ? static_cast<double>(a) - static_cast<double>(d) : 0.0;
+          const double e = (a <= kFloatMax) ? __fsub_rn(a, d) : 0.0f;
           acc += e * e;
         }
         err[c] = block_sum(acc, ssum);

@@ -13,8 +13,8 @@ Semantics (shared by every implementation):
 - Per group, `amax` = largest finite |x|; candidate scales (real float32 values): `max` =
   amax / 6; `half` = amax / 12 (Half-S: one exponent lower, values above 6 s clip); `mse` = the
   lowest-error of amax * r / 6 for 18 clip ratios r in [0.15, 1]; `halfs` = the lowest-error of
-  {half, max, the 18 clipped scales}, half preferred on ties. Error = sum of squared
-  dequantization errors over the group's finite elements, in float64; a later candidate wins
+  {half, max, the 18 clipped scales}, half preferred on ties. Error = sum over the group's
+  finite elements of the squared float32 dequantization error, in float64; a later candidate wins
   only if lower by a relative 1e-9 (so ties resolve identically everywhere).
 - Values: y = |x| / s rounded to E2M1 {0, .5, 1, 1.5, 2, 3, 4, 6} (nearest, ties to even;
   saturating at 6) or stochastically (seeded; unbiased below 6 s), dequantized as copysign(q s, x).
@@ -121,7 +121,7 @@ def _sr_magnitude(y: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch
 
 def _errors(a: torch.Tensor, finite: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     d = _rne_magnitude(a / s[:, None]) * s[:, None]
-    e = torch.where(finite, a.double() - d.double(), 0.0)
+    e = torch.where(finite, a - d, 0.0).double()
     return (e * e).sum(dim=1)
 
 
