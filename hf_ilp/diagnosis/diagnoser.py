@@ -95,7 +95,7 @@ class Diagnoser:
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
             base = teacher_forced_stats(base_model, sequences, cfg.batch_size, pad, other=model,
                                         desc="base vs fine-tuned", progress=cfg.progress)
-            probe_stats = self._probe_stats(probes, base_model, model, tokenizer, [samples.ids[i] for i in unlearned], pad, notes)
+            probe_stats = self._probe_stats(probes, base_model, tokenizer, [samples.ids[i] for i in unlearned], pad, notes)
             timings["models_s"] = time.perf_counter() - t
             scores["missing_knowledge"], ev = missing_knowledge_signal(base, cfg, probe_stats)
             evidence.update(ev)
@@ -151,7 +151,7 @@ class Diagnoser:
                                 progress=self.config.progress)
         return np.array([bool(x) for x in checked["exact"]])
 
-    def _probe_stats(self, probes, base_model, model, tokenizer, ids, pad, notes):
+    def _probe_stats(self, probes, base_model, tokenizer, ids, pad, notes):
         if probes is None:
             return None
         missing = [c for c in ("id", "probe_prompts", "probe_completions") if c not in probes.column_names]
@@ -165,12 +165,12 @@ class Diagnoser:
                 raise ValueError(f"probes for sample {sid!r}: {len(prompts)} prompts but {len(completions)} completions")
             pairs += list(zip(prompts, completions))
             owner += [k] * len(prompts)
-        out = {k: np.full(len(ids), np.nan) for k in ("gm_p", "alt_prob", "follows_alt")}
+        out = {k: np.full(len(ids), np.nan) for k in ("gm_p", "alt_prob")}
         if not pairs:
             notes.append("probes were given but none matches an unlearned sample's id")
             return out
         stats = teacher_forced_stats(base_model, tokenize_pairs(tokenizer, *zip(*pairs)), self.config.batch_size, pad,
-                                     other=model, desc="base vs fine-tuned on probes", progress=self.config.progress)
+                                     desc="base on probes", progress=self.config.progress)
         owner = np.asarray(owner)
         for key in out:
             sums = np.bincount(owner, weights=stats[key], minlength=len(ids))

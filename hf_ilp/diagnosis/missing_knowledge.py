@@ -9,7 +9,9 @@ The base knows what a sample needs if it gives the target, or its probes, a fair
 it does not know it when both stay under `unknown_prob` and it holds no belief of its own there.
 A belief is a confident alternative (`confident_alternative_prob`) that survives fine-tuning:
 the fine-tuned model, trained on this very target, still prefers the base's answer where the
-base left the target (`ft_follows_base`, a share over the probes when given). Stored knowledge
+base left the target (`ft_follows_base`). It is read on the target even when probes are given,
+because the target is where fine-tuning pushed: the probes' format is not trained, so a guess
+persists there whatever it is. Stored knowledge
 resists the SFT that contradicts it (that is the conflict, and why the sample stays unlearned);
 a confident guess about something the base never learned (a small model's default answer) is
 dropped by the same SFT, so it counts as missing knowledge, not as a conflict.
@@ -31,8 +33,8 @@ from hf_ilp.diagnosis.signals import score_above, score_below
 
 def knowledge(base, probes=None):
     """Per sample: how well the base knows it (max over target and probes), how firmly it prefers
-    another answer, and whether fine-tuning kept that preference (both read on the probes when
-    the sample has some, else on the target)."""
+    another answer (on the probes when the sample has some, else on the target), and whether
+    fine-tuning on the target kept the base's preference there."""
     known = np.asarray(base["gm_p"], dtype=float)
     alt = np.asarray(base["alt_prob"], dtype=float)
     follows = np.asarray(base["follows_alt"], dtype=float)
@@ -40,7 +42,6 @@ def knowledge(base, probes=None):
         has = ~np.isnan(probes["gm_p"])
         known = np.fmax(known, probes["gm_p"])
         alt = np.where(has, probes["alt_prob"], alt)
-        follows = np.where(has, probes["follows_alt"], follows)
     return known, alt, follows
 
 
@@ -59,6 +60,5 @@ def missing_knowledge_signal(base, config, probes=None):
     evidence = {"base_gold_prob": base["gm_p"], "base_alt_prob": base["alt_prob"],
                 "base_exact": base["exact"], "base_seq_prob": base["p_seq"]}
     if probes is not None:
-        evidence.update(probe_gold_prob=probes["gm_p"], probe_alt_prob=probes["alt_prob"],
-                        probe_ft_follows_base=probes["follows_alt"])
+        evidence.update(probe_gold_prob=probes["gm_p"], probe_alt_prob=probes["alt_prob"])
     return score, evidence

@@ -82,8 +82,8 @@ def test_probes_sharpen_missing_knowledge(base_stats):
     samples, stats = base_stats
     m = samples.ids.index("missing8")
     n = len(samples.ids)
-    known_probe = {"gm_p": np.full(n, 0.9), "alt_prob": np.zeros(n), "follows_alt": np.zeros(n)}
-    unknown_probe = {"gm_p": np.full(n, 0.05), "alt_prob": np.full(n, 0.1), "follows_alt": np.zeros(n)}
+    known_probe = {"gm_p": np.full(n, 0.9), "alt_prob": np.zeros(n)}
+    unknown_probe = {"gm_p": np.full(n, 0.05), "alt_prob": np.full(n, 0.1)}
     assert missing_knowledge_signal(stats, LEXICAL, known_probe)[0][m] < 0.1
     assert missing_knowledge_signal(stats, LEXICAL, unknown_probe)[0][m] > 0.8
 
