@@ -121,6 +121,8 @@ def main():
     ap.add_argument("--protocols", nargs="+", default=["mixed", "sequential"], choices=["mixed", "sequential"])
     ap.add_argument("--p", type=float, default=IsolationConfig.isolation_ratio)
     ap.add_argument("--k", type=int, default=IsolationConfig.isolation_interval)
+    ap.add_argument("--importance", default=IsolationConfig.isolation_importance, choices=["grad_sq", "grad_weight", "magnitude"])
+    ap.add_argument("--ema-beta", type=float, default=None, help="own EMA factor (default: reuse AdamW's exp_avg_sq)")
     ap.add_argument("--cost-rounds", type=int, default=3)
     ap.add_argument("--cost-steps", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1)
@@ -128,11 +130,14 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     world = build_multitask_world(a.size, seed=a.world_seed)
-    iso = IsolationConfig(isolation_ratio=a.p, isolation_interval=a.k)
+    iso = IsolationConfig(isolation_ratio=a.p, isolation_interval=a.k, isolation_importance=a.importance,
+                          isolation_ema_beta=a.ema_beta)
     n_params = sum(p.numel() for p in world.load_base_model().parameters())
     print(f"multi-task world '{a.size}' (seed {a.world_seed}): tasks {world.tasks}, {len(world.train)} train / "
-          f"{len(world.validation)} validation rows, {n_params} parameters; p={a.p}, K={a.k}, seeds {a.seeds}", flush=True)
-    results = {"size": a.size, "p": a.p, "K": a.k, "seeds": a.seeds, "quality": {}}
+          f"{len(world.validation)} validation rows, {n_params} parameters; p={a.p}, K={a.k}, importance "
+          f"{a.importance}, EMA {'own, beta ' + str(a.ema_beta) if a.ema_beta is not None else 'AdamW exp_avg_sq'}, seeds {a.seeds}", flush=True)
+    results = {"size": a.size, "p": a.p, "K": a.k, "importance": a.importance, "ema_beta": a.ema_beta,
+               "seeds": a.seeds, "quality": {}}
     with tempfile.TemporaryDirectory() as workdir:
         for protocol in a.protocols:
             rows = {}
