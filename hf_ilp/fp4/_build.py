@@ -78,7 +78,9 @@ def _build(kind: str, schema: str, sources: tuple[str, ...], cuda: bool) -> str:
         torch.ops.load_library(str(library))
         return str(library)
     build_dir.mkdir(parents=True, exist_ok=True)
-    (build_dir / "fp4_schema.h").write_text(f'#pragma once\n#define HF_ILP_FP4_SCHEMA "{schema}"\n')
+    header, text = build_dir / "fp4_schema.h", f'#pragma once\n#define HF_ILP_FP4_SCHEMA "{schema}"\n'
+    if not header.exists() or header.read_text() != text:  # an unchanged mtime spares a rebuild
+        header.write_text(text)
     print(
         f"hf_ilp: compiling the {kind} kernels into {build_dir} (first use on this machine; "
         "takes about a minute)...",
