@@ -100,9 +100,7 @@ def prepare_push(
     report = publishable(report)
     report.save(output_dir / REPORT_DIRNAME)
     if trainer is not None:
-        if getattr(trainer, "hub_model_id", None) is None:
-            trainer.hub_model_id = hub_model_id  # TRL's card quotes it in its quick-start snippet
-        trainer.create_model_card(model_name=hub_model_id.split("/")[-1], dataset_name=trained_on)
+        _trainer_card(trainer, output_dir, hub_model_id.split("/")[-1], trained_on, hub_model_id)
     amend_model_card(output_dir, report, model_repo_id=hub_model_id, dataset_repo_id=dataset_repo_id, trained_on=trained_on,
                      train_dataset=train_dataset)
     settings = {"hub_model_id": hub_model_id, "dataset_repo_id": dataset_repo_id, "trained_on": trained_on, "private": private, "revision": revision}
@@ -216,22 +214,29 @@ def take_hub_settings(training_args) -> HubSettings:
 
 
 def publish_run(
-    trainer, report, hub: HubSettings, trained_on: str | None = None, dataset_repo_id: str | None = None, train_dataset=None
+    trainer,
+    report,
+    hub: HubSettings,
+    trained_on: str | None = None,
+    dataset_repo_id: str | None = None,
+    train_dataset=None,
+    folder=None,
 ) -> PushResult | None:
     """End of a recipe: the card with the diagnosis goes into the output folder; pushed if asked.
 
     With a `hub_model_id` the folder is prepared for the Hub (`prepare_push`) so that
     ``hf-ilp push DIR`` can push it later; with `push_to_hub` it is pushed now. Only the main
     process writes and pushes; the others return None. With the `train_dataset` (rows with `id`),
-    the card's example tables show each sample's prompt and completion.
+    the card's example tables show each sample's prompt and completion. `folder` is the folder
+    holding the saved model (default: the trainer's `output_dir`); it is what gets pushed.
     """
     if not trainer.is_world_process_zero():
         return None
-    output_dir = Path(trainer.args.output_dir)
+    output_dir = Path(folder or trainer.args.output_dir)
     if hub.hub_model_id is None:
         report = publishable(report)
         report.save(output_dir / REPORT_DIRNAME)
-        trainer.create_model_card(model_name=output_dir.name, dataset_name=trained_on)
+        _trainer_card(trainer, output_dir, output_dir.name, trained_on)
         amend_model_card(output_dir, report, trained_on=trained_on, train_dataset=train_dataset)
         return None
     prepare_push(output_dir, report, hub.hub_model_id, dataset_repo_id=dataset_repo_id, trained_on=trained_on,
@@ -239,6 +244,18 @@ def publish_run(
     if not hub.push_to_hub:
         return None
     return push_run(output_dir, token=hub.token)
+
+
+def _trainer_card(trainer, folder: Path, model_name: str, trained_on: str | None, hub_model_id: str | None = None) -> None:
+    """Write the trainer's own card (TRL's: model-index, base_model, tags) as `folder/README.md`."""
+    import os
+
+    if hub_model_id and getattr(trainer, "hub_model_id", None) is None:
+        trainer.hub_model_id = hub_model_id  # TRL's card quotes it in its quick-start snippet
+    trainer.create_model_card(model_name=model_name, dataset_name=trained_on)
+    written = Path(trainer.args.output_dir) / "README.md"
+    if written.is_file() and written.resolve() != (folder / "README.md").resolve():
+        os.replace(written, folder / "README.md")
 
 
 def _with_retries(what, fn, max_attempts, backoff, attempts, output_dir):

@@ -198,10 +198,13 @@ def test_recipe_flow_trains_offline_then_publishes(hub, make_report, tmp_path):
     data = Dataset.from_list([{"prompt": "a b", "completion": " c"}] * 4)
     trainer = SFTTrainer(model=LlamaForCausalLM(cfg), args=args, train_dataset=data, processing_class=tok)
     trainer.train()
-    trainer.save_model()
-    assert token.encode() not in (tmp_path / "run" / "training_args.bin").read_bytes()
+    final = tmp_path / "run" / "final_model"  # the model saved apart from the stage outputs, as recipes do
+    trainer.save_model(str(final))
+    tok.save_pretrained(str(final))
+    assert token.encode() not in (final / "training_args.bin").read_bytes()
 
-    result = publish_run(trainer, make_report(), hub_settings, trained_on="toy")
+    result = publish_run(trainer, make_report(), hub_settings, trained_on="toy", folder=final)
+    assert not (tmp_path / "run" / "README.md").exists() and (final / "README.md").is_file()
     assert result.model_repo_id == "erin/recipe"
     api = HfApi(endpoint=hub.endpoint)
     files = set(api.list_repo_files("erin/recipe"))
