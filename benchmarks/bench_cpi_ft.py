@@ -226,6 +226,8 @@ def bench_quality(root: Path, size: str, seed: int, epochs: float, probe_epochs:
 
     world = build_multitask_world(size, seed=seed)
     tok = world.tokenizer
+    epochs = epochs or world.sft_config("unused").num_train_epochs
+    probe_epochs = probe_epochs or epochs
     print(f"multi-task world {size} (seed {seed}): tasks {world.tasks}, {len(world.train)} train rows; "
           f"{epochs} epochs per method stage, probes {probe_epochs} epochs")
     results = {}
@@ -282,8 +284,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per variant (speed)")
     parser.add_argument("--size", default="small", help="multi-task world size (quality)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=float, default=3.0, help="epochs of each SFT run / stage (quality)")
-    parser.add_argument("--probe-epochs", type=float, default=3.0, help="epochs of each CPI-FT probe (quality)")
+    parser.add_argument("--epochs", type=float, default=None, help="epochs of each SFT run / stage (default: the world's budget)")
+    parser.add_argument("--probe-epochs", type=float, default=None, help="epochs of each CPI-FT probe (default: --epochs)")
     args = parser.parse_args(argv)
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_cpi_ft-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ _EXPORTS = {
     # multi-task world
     "build_multitask_world": "hf_ilp.world.multitask",
     # CPI-FT (fusion)
-    "slerp": "hf_ilp.fusion.slerp",
+    "slerp": "hf_ilp.fusion.merge_utils",
     "core_regions": "hf_ilp.fusion.core",
     "group_tasks": "hf_ilp.fusion.core",
     "fuse_checkpoints": "hf_ilp.fusion.fuse",

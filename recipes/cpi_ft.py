@@ -18,6 +18,7 @@ core regions (top p% of |theta_task - theta_base|), Jaccard grouping, streaming 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -95,6 +96,13 @@ def _base_folder(model_args: ModelConfig, out: Path) -> Path:
 
 def main(script_args: CPIFTScriptArguments, training_args: CPIFTConfig, model_args: ModelConfig):
     from transformers import AutoTokenizer
+
+    fusion_log = logging.getLogger("hf_ilp.fusion")
+    if not fusion_log.handlers and training_args.process_index == 0:  # show probe / stage progress
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[cpi_ft] %(message)s"))
+        fusion_log.addHandler(handler)
+        fusion_log.setLevel(logging.INFO)
 
     out = Path(training_args.output_dir)
     world = None

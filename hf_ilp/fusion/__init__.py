@@ -9,7 +9,7 @@ Stages, each usable alone: `train_probes` (one SFT per task) -> `core_regions` (
 from importlib import import_module
 
 _EXPORTS = {
-    "slerp": "hf_ilp.fusion.slerp",
+    "slerp": "hf_ilp.fusion.merge_utils",
     "core_regions": "hf_ilp.fusion.core",
     "core_overlap": "hf_ilp.fusion.core",
     "group_tasks": "hf_ilp.fusion.core",

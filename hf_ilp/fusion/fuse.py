@@ -37,7 +37,7 @@ import torch
 from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.fusion._checkpoint import Checkpoint, ShardWriter, open_source
 from hf_ilp.fusion.core import _check_share, _is_float, check_compatible, core_regions, group_tasks
-from hf_ilp.fusion.slerp import _check_t, _slerp_
+from hf_ilp.fusion.merge_utils import _check_t, _slerp_
 from hf_ilp.isolation.masks import CompactMask, load_masks, save_masks
 
 _TASK_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")

@@ -18,6 +18,7 @@
 """
 
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -182,9 +183,8 @@ def run_cpi_ft(base, train_dataset, args, processing_class, tasks: Sequence[str]
     if state.is_main_process:
         fuse_checkpoints(base, probes, fused_dir, t=args.cpi_slerp_t, core_share=args.cpi_core_share, tau=args.cpi_jaccard_tau)
     state.wait_for_everyone()
-    import json
-
     result = FusionResult(**json.loads((fused_dir / "cpi_ft.json").read_text()))
+    logger.info("CPI-FT fused %s into %s; groups %s", list(probes), fused_dir, result.groups)
     model = AutoModelForCausalLM.from_pretrained(fused_dir, dtype="auto")
     trainer = CPIFTTrainer(
         model=model,

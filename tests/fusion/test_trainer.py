@@ -94,3 +94,20 @@ def test_bad_task_setup_is_refused(tiny, tmp_path):
         train_probes("unused", data.remove_columns("task"), _args(tmp_path), tok)
     with pytest.raises(ValueError, match="cpi_slerp_t"):
         _args(tmp_path, cpi_slerp_t=2.0)
+
+
+def test_run_cpi_ft_end_to_end(tiny, tmp_path):
+    from hf_ilp.fusion import run_cpi_ft
+
+    tok, model = tiny
+    model.save_pretrained(tmp_path / "base")
+    args = _args(tmp_path, num_train_epochs=1, cpi_core_share=0.02)
+    trainer, fusion = run_cpi_ft(tmp_path / "base", _data(), args, tok)
+    run = tmp_path / "run"
+    assert {"fused", "probe-down", "probe-up"} <= {p.name for p in run.iterdir()}  # stages save nothing here
+    assert sorted(t for g in fusion.groups for t in g) == ["down", "up"]
+    assert set(fusion.core_entries) == {"down", "up"} and all(n > 0 for n in fusion.core_entries.values())
+    fused = LlamaForCausalLM.from_pretrained(run / "fused")
+    # the pipelined SFT started from the fused model and moved it
+    moved = [not torch.equal(p, q) for p, q in zip(fused.parameters(), trainer.model.parameters())]
+    assert any(moved)
