@@ -48,21 +48,25 @@ def _train(world, model, tracker, out):
 
 
 def bench_overhead(world, rounds):
+    """Alternate runs without / with the tracker (ABBA order against load drift); per round, the
+    ratio of median step times; the median of those ratios is the figure."""
     base = world.load_base_model()
-    plain, tracked, totals = [], [], {"without": [], "with": []}
+    ratios, totals = [], []
     model = None
     for r in range(rounds):
-        for kind in ("without", "with"):
+        medians, total = {}, {}
+        for kind in (("without", "with") if r % 2 == 0 else ("with", "without")):
             model = copy.deepcopy(base)
             tracker = LearnTracker(dataset=world.train) if kind == "with" else None
             with tempfile.TemporaryDirectory() as out:
-                steps, total = _train(world, model, tracker, out)
-            (tracked if kind == "with" else plain).extend(steps.tolist())
-            totals[kind].append(total)
-            print(f"  round {r} {kind:>7} tracker: median step {1e3 * np.median(steps):.1f} ms, run {total:.1f} s")
-    ratio = statistics.median(tracked) / statistics.median(plain)
-    print(f"(a) run time with / without (incl. the end-of-run learn-check): {np.median(totals['with']) / np.median(totals['without']):.3f}")
-    return model, ratio
+                steps, total[kind] = _train(world, model, tracker, out)
+            medians[kind] = float(np.median(steps))
+            print(f"  round {r} {kind:>7} tracker: median step {1e3 * medians[kind]:.1f} ms, run {total[kind]:.1f} s")
+        ratios.append(medians["with"] / medians["without"])
+        totals.append(total["with"] / total["without"])
+    print(f"(a) per-round step-time ratios {[round(x, 3) for x in ratios]}; run-time ratio (incl. the end-of-run "
+          f"learn-check) median {statistics.median(totals):.3f}")
+    return model, statistics.median(ratios)
 
 
 def _generate_protocol(model, tokenizer, rows, batch_size, num_samples, temperature):
@@ -141,7 +145,7 @@ def long_rows(world, model, n=64, length=32, epochs=20, seed=0):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="small", choices=["tiny", "small"])
-    parser.add_argument("--rounds", type=int, default=3, help="alternated with/without training runs")
+    parser.add_argument("--rounds", type=int, default=6, help="alternated with/without training runs")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each learn-check protocol")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args()

@@ -278,29 +278,20 @@ class LearnTracker(TrainerCallback):
         if not matched:
             return
         device = input_ids.device
-        tmask = torch.from_numpy(tmask).to(device)
-        row_of = torch.arange(n_batch, device=device)[:, None].expand(n_batch, width - 1)[tmask]
-        if fused:
-            lp = output.log_probs.detach()[tmask].double()
-            top1 = output.is_top1.detach()[tmask].bool()
-            covered = output.label_mask.detach()[tmask].bool()
+        if fused and np.array_equal(output.label_mask.detach().cpu().numpy(), tmask):
+            # the usual SFT case: the loss covers exactly the completions, and the fused head's
+            # per-token outputs are zero elsewhere, so row sums are the statistics
+            stats = torch.stack(
+                [
+                    output.log_probs.detach().double().sum(1),
+                    output.label_mask.detach().double().sum(1),
+                    output.is_top1.detach().double().sum(1),
+                    torch.zeros(n_batch, dtype=torch.float64, device=device),
+                ],
+                dim=1,
+            ).cpu().numpy()
         else:
-            logits = output.logits.detach()[:, :-1][tmask].float()
-            gold = input_ids[:, 1:][tmask]
-            lp = torch.log_softmax(logits, -1).gather(-1, gold[:, None]).squeeze(-1).double()
-            top1 = logits.argmax(-1) == gold
-            labels = kwargs["labels"]
-            covered = (labels[:, 1:] != -100)[tmask]
-        zeros = torch.zeros(n_batch, dtype=torch.float64, device=device)
-        stats = torch.stack(
-            [
-                zeros.index_add(0, row_of, lp * covered),
-                zeros.index_add(0, row_of, covered.double()),
-                zeros.index_add(0, row_of, (top1 & covered).double()),
-                zeros.index_add(0, row_of, (~covered).double()),
-            ],
-            dim=1,
-        ).cpu().numpy()
+            stats = self._masked_stats(fused, torch.from_numpy(tmask).to(device), input_ids, kwargs, output)
         for b, idx in matched:
             lp_sum, count, n_top1, n_uncovered = stats[b]
             if count == 0:
@@ -313,6 +304,32 @@ class LearnTracker(TrainerCallback):
                 if not math.isfinite(nll):
                     self._nonfinite.add(i)
                 self._pending.setdefault(i, entry)
+
+    @staticmethod
+    def _masked_stats(fused, tmask, input_ids, kwargs, output) -> np.ndarray:
+        """Per-row (log-prob sum, scored tokens, top-1 tokens, unlabeled completion tokens) over `tmask`."""
+        n_batch = tmask.shape[0]
+        row_of = torch.arange(n_batch, device=tmask.device)[:, None].expand_as(tmask)[tmask]
+        if fused:
+            lp = output.log_probs.detach()[tmask].double()
+            top1 = output.is_top1.detach()[tmask].bool()
+            covered = output.label_mask.detach()[tmask].bool()
+        else:
+            logits = output.logits.detach()[:, :-1][tmask].float()
+            gold = input_ids[:, 1:][tmask]
+            lp = torch.log_softmax(logits, -1).gather(-1, gold[:, None]).squeeze(-1).double()
+            top1 = logits.argmax(-1) == gold
+            covered = (kwargs["labels"][:, 1:] != -100)[tmask]
+        zeros = torch.zeros(n_batch, dtype=torch.float64, device=tmask.device)
+        return torch.stack(
+            [
+                zeros.index_add(0, row_of, lp * covered),
+                zeros.index_add(0, row_of, covered.double()),
+                zeros.index_add(0, row_of, (top1 & covered).double()),
+                zeros.index_add(0, row_of, (~covered).double()),
+            ],
+            dim=1,
+        ).cpu().numpy()
 
     # ---- observations -----------------------------------------------------------------------
     def _merged_pending(self, args) -> dict[int, tuple]:

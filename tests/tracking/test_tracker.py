@@ -40,14 +40,15 @@ def _assert_same_records(a, b, rtol=1e-5, atol=1e-7):
             assert x == y, col
 
 
-@pytest.mark.parametrize("trainer_kind", ["sft", "plain"])
+@pytest.mark.parametrize("trainer_kind", ["sft", "sft_full_loss", "plain"])
 def test_training_pass_statistics_equal_learn_check(trainer_kind, half_trained, word_tokenizer, rows, tmp_path):
     """With the weights frozen (lr 0), what the hook reads from the training forwards must equal check_learned."""
     model = copy.deepcopy(half_trained)
     reader = _LogReader()
-    tracker = LearnTracker(config=LearnTrackerConfig(every_n_steps=2))
-    if trainer_kind == "sft":
-        args = sft_args(tmp_path, learning_rate=0.0, num_train_epochs=1)
+    # full loss: the trainer's labels cover the prompt too; given the rows, the records still score the completion
+    tracker = LearnTracker(dataset=rows if trainer_kind == "sft_full_loss" else None, config=LearnTrackerConfig(every_n_steps=2))
+    if trainer_kind.startswith("sft"):
+        args = sft_args(tmp_path, learning_rate=0.0, num_train_epochs=1, completion_only_loss=trainer_kind == "sft")
         trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=word_tokenizer,
                              callbacks=[reader, tracker])
     else:  # transformers.Trainer on tokenized rows: the hook reads the logits
@@ -63,6 +64,8 @@ def test_training_pass_statistics_equal_learn_check(trainer_kind, half_trained, 
     assert len(records) == len(rows)
     verdict = check_learned(half_trained, word_tokenizer, rows, progress=False)
     by_hash = {h: k for k, h in enumerate(tokenize_rows(rows, word_tokenizer).hashes)}
+    if trainer_kind == "sft_full_loss":
+        assert records["id"] == rows["id"]
     order = [by_hash[h] for h in records["row_hash"]]
     # 3 steps of 16 rows: rows of steps 1-2 are observed at step 2, those of step 3 at the epoch end
     assert sorted(tuple(k) for k in records["obs_kind"]) == [("epoch", "final")] * 16 + [("steps", "final")] * 32
