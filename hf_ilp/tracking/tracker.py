@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from transformers import TrainerCallback
+from datasets import Dataset
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 
 from hf_ilp.tracking.learn_check import _Rows, pass_at_n, row_hash, score_rows, tokenize_rows
@@ -69,6 +70,20 @@ def _names(names, limit=10) -> str:
     return ", ".join(map(str, names[:limit])) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 
 
+def _caller_of_type(cls):
+    """The `self` of the nearest calling frame that is a `cls` (the Trainer or its CallbackHandler).
+
+    Callbacks are not handed the trainer; the tracker looks it up to read what events do not pass.
+    """
+    frame = sys._getframe(2)
+    while frame is not None:
+        obj = frame.f_locals.get("self")
+        if isinstance(obj, cls):
+            return obj
+        frame = frame.f_back
+    return None
+
+
 def _all_gather(obj, args) -> list:
     """`obj` of every process of the run, in rank order (the trainer's view: `args.world_size`)."""
     if args.world_size == 1:
@@ -90,11 +105,11 @@ class LearnTracker(TrainerCallback):
 
     Args:
         dataset: the rows to track, in the trainer's format (prompt-completion, `messages`, or
-            tokenized). Default: the trainer's training set, as TRL prepared it (ids are then the
-            `id` column if `remove_unused_columns=False` kept it, else token hashes). Pass the full
-            dataset for sequential fine-tuning (one trainer per stage sharing this callback) so that
-            rows of every stage are observed at every stage end; without it, rows join the records
-            when a run first trains them.
+            tokenized). Default: the trainer's training set as it prepared it (record ids are its
+            `id` column when it has one, else token hashes; the completion is what the loss
+            covers). Pass the full dataset for sequential fine-tuning (one trainer per stage sharing
+            this callback) so that rows of every stage are observed at every stage end; without it,
+            rows join the records when a run first trains them.
         config: a `LearnTrackerConfig`.
 
     Example:
@@ -158,8 +173,12 @@ class LearnTracker(TrainerCallback):
                     "LearnTracker cannot list the rows of this training set (an IterableDataset?): pass the rows to "
                     "track with `LearnTracker(dataset=...)`."
                 )
-            else:
-                self.rows = tokenize_rows(train_dataloader.dataset, tokenizer)
+            else:  # the trainer's prepared set keeps the `id`/`stage` columns that the dataloader's drops
+                trainer = _caller_of_type(Trainer)
+                prepared = getattr(trainer, "train_dataset", None)
+                if not (isinstance(prepared, Dataset) and "input_ids" in prepared.column_names):
+                    prepared = train_dataloader.dataset
+                self.rows = tokenize_rows(prepared, tokenizer)
             self._reindex(first=True)
         if trained is not None:
             missing = [h for h in dict.fromkeys(trained) if h not in self._index]
@@ -235,15 +254,11 @@ class LearnTracker(TrainerCallback):
     def _log_before_reporters(self):
         # Reporting callbacks (TensorBoard, Trackio, W&B) come before user callbacks in the handler, so
         # they would read `logs` before `on_log` adds the aggregates here: move this callback ahead.
-        frame = sys._getframe(1)
-        while frame is not None:
-            handler = frame.f_locals.get("self")
-            if isinstance(handler, CallbackHandler) and self in handler.callbacks:
-                handler.callbacks.remove(self)
-                at = sum(1 for cb in handler.callbacks[:1] if isinstance(cb, DefaultFlowCallback))
-                handler.callbacks.insert(at, self)
-                return
-            frame = frame.f_back
+        handler = _caller_of_type(CallbackHandler)
+        if handler is not None and self in handler.callbacks:
+            handler.callbacks.remove(self)
+            at = sum(1 for cb in handler.callbacks[:1] if isinstance(cb, DefaultFlowCallback))
+            handler.callbacks.insert(at, self)
 
     # ---- the forward hook: statistics of each training row ----------------------------------
     @torch.no_grad()
