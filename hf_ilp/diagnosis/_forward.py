@@ -10,8 +10,9 @@ signals need (METHODS 1.1: greedy reproduction under teacher forcing is an argma
   prefers another answer;
 - `alt_token`: that greedy token's id (NaN when greedy reproduces the target);
 - with a second model: `jsd`, the mean Jensen-Shannon divergence (bits) between the two
-  next-token distributions over the completion, and `follows_alt`: whether the second model's
-  greedy token at the first model's divergence point is still the first model's alternative.
+  next-token distributions over the completion, and `follows_alt`: whether, at the first
+  model's divergence point, the second model still gives the first model's alternative more
+  probability than the target token (0 when the first model reproduces the target).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def teacher_forced_stats(model, sequences, batch_size=16, pad_id=0, other=None, 
                     lq = logq[offset:offset + k].to(lp.device)
                     out["jsd"][i] = _jsd_bits(lp, lq).mean().item()
                     out["other_gm_p"][i] = math.exp(lq.gather(1, target[:, None])[:, 0].mean().item())
-                    out["follows_alt"][i] = float(div is not None and int(lq[div].argmax()) == int(top[div]))
+                    out["follows_alt"][i] = float(div is not None and bool(lq[div, top[div]] > lq[div, target[div]]))
                 offset += k
     finally:
         for m, flag in zip(models, was_training):

@@ -8,8 +8,10 @@ sample's prerequisite probes when the user supplies them):
 The base knows what a sample needs if it gives the target, or its probes, a fair probability;
 it does not know it when both stay under `unknown_prob` and it holds no belief of its own there.
 A belief is a confident alternative (`confident_alternative_prob`) that survives fine-tuning:
-the fine-tuned model, trained on this very target, still prefers the base's answer where the
-base left the target (`ft_follows_base`). It is read on the target even when probes are given,
+the fine-tuned model, trained on this very target, still gives the base's answer more
+probability than the target where the base left it (`ft_follows_base`). The comparison is
+between those two answers only, so drift of the fine-tuned model towards third answers (later
+stages, other samples) does not hide a prior that still beats the target. It is read on the target even when probes are given,
 because the target is where fine-tuning pushed: the probes' format is not trained, so a guess
 persists there whatever it is. Stored knowledge
 resists the SFT that contradicts it (that is the conflict, and why the sample stays unlearned);
