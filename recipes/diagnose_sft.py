@@ -12,7 +12,8 @@ planted cause; any Hub model and dataset work by flag:
 Data with a `stage` column is fine-tuned stage after stage (`hf_ilp.training.train_stages`), as
 sequential fine-tuning is where left-side forgetting happens. Without a GPU, bf16 and activation
 (gradient) checkpointing are off unless asked for. The model is saved to
-`<output_dir>/final_model` and the counts to `<output_dir>/diagnose_summary.json`.
+`<output_dir>/final_model`, the per-sample `LearnTracker` records to `<output_dir>/hf_ilp_records`
+and the counts to `<output_dir>/diagnose_summary.json`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser, get_peft_con
 
 from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.training import train_stages
-from hf_ilp.world.evaluate import reproduced, unlearned_by_cause
+from hf_ilp.tracking import LearnTracker, LearnTrackerConfig
+from hf_ilp.world.evaluate import unlearned_by_cause
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "diagnose_sft.yaml"
 
@@ -87,21 +89,23 @@ def load_data(script_args: DiagnoseScriptArguments, model_args: ModelConfig):
 
 def main(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> dict:
     model, tokenizer, train, world = load_data(script_args, model_args)
-    callbacks = []
+    tracked = train if {"prompt", "completion"} <= set(train.column_names) or "messages" in train.column_names else None
+    records_dir = Path(training_args.output_dir) / "hf_ilp_records"
+    tracker = LearnTracker(dataset=tracked, config=LearnTrackerConfig(records_dir=str(records_dir)))
+    callbacks = [tracker]
     _say(f"fine-tuning for {training_args.num_train_epochs:g} epoch(s) per stage, lr {training_args.learning_rate:g}")
     trainer = train_stages(
         model, tokenizer, train, training_args, callbacks=callbacks, peft_config=get_peft_config(model_args)
     )
     out = Path(training_args.output_dir)
-    summary = {"output_dir": str(out), "n_train": len(train)}
-    if {"prompt", "completion"} <= set(train.column_names) and isinstance(train[0]["prompt"], str):
-        _say("checking which training samples the model reproduces (greedy, teacher-forced)")
-        flags = reproduced(trainer.model, tokenizer, train, batch_size=training_args.per_device_eval_batch_size * 8)
+    summary = {"output_dir": str(out), "n_train": len(train), "records": str(records_dir)}
+    if tracked is not None:  # the tracker's final observation is hf_ilp.check_learned on the final weights
+        flags = tracker.records["final_exact"]
         summary["n_unlearned"] = len(flags) - sum(flags)
         if world is not None:  # ILP-World only: its ground truth is shown because it is the demo
             summary["unlearned_by_planted_cause"] = unlearned_by_cause(train, flags)
     else:
-        _say("the reproduction count needs prompt-completion data with text prompts; skipped")
+        _say("the reproduction count needs prompt-completion or messages data; skipped")
     if trainer.is_world_process_zero():
         with atomic_dir(out / "final_model") as tmp:
             trainer.save_model(str(tmp))
