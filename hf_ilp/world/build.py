@@ -46,9 +46,9 @@ SIZES = {
     "small": WorldSpec(
         entities=64, values_per_relation=24, missing=20, validation_missing=10, conflict=20, inconsistent_pairs=10,
         forgetting=20, retarget=24, profiles=16, normal_stage0=80, normal_stage1=30, validation_normal=30,
-        statement_repeats=4, qa_repeats=2, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-        pretrain_epochs=20, pretrain_batch_size=32, pretrain_learning_rate=3e-3,
-        sft_epochs=3, sft_learning_rate=1e-3, sft_batch_size=16,
+        statement_repeats=6, qa_repeats=3, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+        pretrain_epochs=30, pretrain_batch_size=32, pretrain_learning_rate=2e-3,
+        sft_epochs=3, sft_learning_rate=5e-4, sft_batch_size=16,
     ),
 }
 
