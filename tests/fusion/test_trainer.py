@@ -92,6 +92,9 @@ def test_bad_task_setup_is_refused(tiny, tmp_path):
         CPIFTTrainer(model=model, args=_args(tmp_path), train_dataset=data, processing_class=tok, groups=[["up"], ["down"]], cores={})
     with pytest.raises(ValueError, match="task column"):
         train_probes("unused", data.remove_columns("task"), _args(tmp_path), tok)
+    with pytest.raises(ValueError, match=r"\['side'\] have no rows"):
+        train_probes("unused", data, _args(tmp_path), tok, tasks=["up", "side"])
+    assert not (tmp_path / "run").exists()  # refused before anything was written
     with pytest.raises(ValueError, match="cpi_slerp_t"):
         _args(tmp_path, cpi_slerp_t=2.0)
 
