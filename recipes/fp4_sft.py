@@ -112,9 +112,11 @@ if __name__ == "__main__":
     default_config = Path(__file__).parent / "configs" / "fp4_sft.yaml"
     if "--config" not in sys.argv and default_config.exists():
         sys.argv[1:1] = ["--config", str(default_config)]
-    if not torch.cuda.is_available():  # CPU: bf16 and activation checkpointing off unless asked
-        for flag in ("--bf16", "--gradient_checkpointing"):
+    if not torch.cuda.is_available():
+        # CPU: bf16 and activation checkpointing off, and use_cpu so that several processes
+        # (accelerate launch --multi_gpu --num_processes 2) form one gloo group.
+        for flag, value in (("--bf16", "false"), ("--gradient_checkpointing", "false"), ("--use_cpu", "true")):
             if flag not in sys.argv:
-                sys.argv += [flag, "false"]
+                sys.argv += [flag, value]
     script_args, training_args, model_args = make_parser().parse_args_and_config()
     main(script_args, training_args, model_args)
