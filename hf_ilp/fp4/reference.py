@@ -58,9 +58,7 @@ def group_layout(shape: torch.Size | tuple[int, ...], group_size: int) -> tuple[
 
 
 def _rne_magnitude(y: torch.Tensor) -> torch.Tensor:
-    half = torch.tensor(0.5, dtype=torch.float32)
-    one = torch.tensor(1.0, dtype=torch.float32)
-    zero = torch.tensor(0.0, dtype=torch.float32)
+    half, one, zero = y.new_tensor(0.5), y.new_tensor(1.0), y.new_tensor(0.0)
     return (
         torch.where(y > 0.25, half, zero)
         + torch.where(y >= 0.75, half, zero)
@@ -111,9 +109,9 @@ def _sr_magnitude(y: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch
     lo_code = torch.zeros_like(y, dtype=torch.uint8)
     for threshold, inc in steps:
         hit = y >= threshold
-        lo = lo + torch.where(hit, inc, 0.0)
+        lo = lo + torch.where(hit, y.new_tensor(inc), y.new_tensor(0.0))
         lo_code = lo_code + hit
-    step = torch.where(y < 2.0, 0.5, torch.where(y < 4.0, 1.0, 2.0)).to(torch.float32)
+    step = torch.where(y < 2.0, y.new_tensor(0.5), torch.where(y < 4.0, y.new_tensor(1.0), y.new_tensor(2.0)))
     p = (y - lo) / step
     up = (y < 6.0) & (u < p)
     return torch.where(up, lo + step, lo), lo_code + up
@@ -134,7 +132,7 @@ def _select_scales(a: torch.Tensor, finite: torch.Tensor, mode: str) -> torch.Te
         scales = s_max * 0.5
     else:
         cands = [s_max * 0.5, s_max] if mode == "halfs" else []
-        cands += [amax * torch.tensor(f, dtype=torch.float32) for f in clip_factors()]
+        cands += [amax * amax.new_tensor(f) for f in clip_factors()]
         best = cands[0]
         best_err = _errors(a, finite, best)
         for cand in cands[1:]:
@@ -178,7 +176,7 @@ def fp4_quantize_reference(
     scales = _select_scales(a, finite, mode)
     s = scales[:, None]
     y = torch.where(s > 0, a / torch.where(s > 0, s, 1.0), 0.0)
-    y = torch.where(finite, y, torch.where(torch.isnan(a), 0.0, 6.0))
+    y = torch.where(finite, y, torch.where(torch.isnan(a), a.new_tensor(0.0), a.new_tensor(6.0)))
     if stochastic:
         m, code = _sr_magnitude(y, sr_uniform(seed, index.reshape(rows * gpr, gsize)))
     else:
