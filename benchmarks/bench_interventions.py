@@ -15,26 +15,30 @@ training row again with the exact learn-check. Scores use the world's planted `w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
 from pathlib import Path
 
 CAUSE_ORDER = ("missing_knowledge", "knowledge_conflict", "data_inconsistency", "forgetting", "under_training")
-RUN_ORDER = ("data_inconsistency", "forgetting", "under_training", "missing_knowledge", "knowledge_conflict")
+RUN_ORDER = ("data_inconsistency", "data_inconsistency:resolve", "forgetting", "under_training", "missing_knowledge",
+             "knowledge_conflict")
 
 
-def _unlearned_by_cause(model, tokenizer, train, world_cause):
+def _unlearned_by_cause(model, tokenizer, train, world_cause, kept=None):
+    """Unlearned planted samples per cause and the learned share of normal samples, over the rows
+    still in the training set (`kept`: ids; default all)."""
     from hf_ilp import check_learned
 
     verdict = check_learned(model, tokenizer, train, progress=False)
-    exact = dict(zip(verdict["id"], verdict["exact"]))
+    exact = {i: e for i, e in zip(verdict["id"], verdict["exact"]) if kept is None or i in kept}
     counts = {c: 0 for c in CAUSE_ORDER}
-    normal = [exact[i] for i, c in world_cause.items() if c == ""]
+    normal = [exact[i] for i, c in world_cause.items() if c == "" and i in exact]
     for i, c in world_cause.items():
-        if c and not exact[i]:
+        if c and i in exact and not exact[i]:
             counts[c] += 1
-    return counts, sum(normal) / len(normal)
+    return counts, sum(normal) / len(normal), exact
 
 
 def _save(out, a, before, normal_before, report, results):
@@ -47,7 +51,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="small", choices=["tiny", "small"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--causes", default=",".join(RUN_ORDER))
+    p.add_argument("--causes", default=",".join(RUN_ORDER),
+                   help="causes to intervene on, in order; 'data_inconsistency:resolve' resolves conflicts with "
+                        "the base model as judge (likelihood_judge) instead of bucketing")
     p.add_argument("--out", default=None, help="where runs are written (default: a temporary folder)")
     p.add_argument("--knowledge-repeats", type=int, default=4,
                    help="times each retrieved document appears in the CPT mix (a tiny model needs many exposures)")
@@ -58,6 +64,7 @@ def main(argv=None):
     from hf_ilp import LearnTracker
     from hf_ilp.diagnosis import diagnose
     from hf_ilp.interventions import InterventionConfig, intervene
+    from hf_ilp.interventions.inconsistency import likelihood_judge
     from hf_ilp.interventions.knowledge import world_knowledge_source
     from hf_ilp.training import train_stages
     from hf_ilp.world import build_world
@@ -76,7 +83,7 @@ def main(argv=None):
     sft = train_stages(world.load_base_model(), tok, train, world.sft_config(out / "baseline"), callbacks=[tracker]).model
     report = diagnose(sft, base, tok, train, tracker.records, probes=world.probes)
     report.save(out / "baseline" / "report")
-    before, normal_before = _unlearned_by_cause(sft, tok, train, world_cause)
+    before, normal_before, exact_before = _unlearned_by_cause(sft, tok, train, world_cause)
     print(f"baseline: unlearned planted {before}, normals learned {normal_before:.3f}; diagnosed {report.counts}",
           flush=True)
 
@@ -87,25 +94,36 @@ def main(argv=None):
     source = world_knowledge_source(world)
     general = world.corpus["text"]
     results = []
-    for cause in a.causes.split(","):
+    for spec in a.causes.split(","):
+        cause, _, variant = spec.partition(":")
         t = time.perf_counter()
+        extra = {}
+        if variant == "resolve":
+            extra = {"judge": likelihood_judge(base, tok),
+                     "config": dataclasses.replace(cfg, inconsistency_strategy="resolve")}
         try:
-            res = intervene(cause, report, train, out / f"intervention-{cause}", base_model=world.base_model_path,
-                            model=sft, tokenizer=tok, args=world.sft_config(out / "unused"), eval_dataset=val,
-                            knowledge_source=source, general_texts=general, config=cfg)
+            res = intervene(cause, report, train, out / f"intervention-{cause}{'-' + variant if variant else ''}",
+                            base_model=world.base_model_path, model=sft, tokenizer=tok,
+                            args=world.sft_config(out / "unused"), eval_dataset=val, knowledge_source=source,
+                            general_texts=general, **{"config": cfg, **extra})
         except ValueError as err:
-            print(f"{cause}: not run: {err}")
+            print(f"{spec}: not run: {err}")
             continue
-        after, normal_after = _unlearned_by_cause(res.model, tok, train, world_cause)
+        kept = set(res.load_train_dataset()["id"])  # resolve drops rows: score the rows still trained on
+        after, normal_after, exact_after = _unlearned_by_cause(res.model, tok, train, world_cause, kept)
+        # the intervention itself: planted samples of the cause that the report attributed to it
+        targeted = [i for i in report.by_cause(cause)["id"] if world_cause[i] == cause]
+        tgt_b = sum(not exact_before[i] for i in targeted)
+        tgt_a = sum(not exact_after[i] for i in targeted if i in exact_after)
         own_b, own_a = before[cause], after[cause]
         oth_b = sum(v for c, v in before.items() if c != cause)
         oth_a = sum(v for c, v in after.items() if c != cause)
         row = {
-            "cause": cause, "flagged": report.counts[cause], "own_before": own_b, "own_after": own_a,
+            "cause": spec, "dropped": len(set(train["id"]) - kept), "flagged": report.counts[cause], "own_before": own_b, "own_after": own_a,
             "own_removed": (own_b - own_a) / own_b if own_b else float("nan"),
             "others_before": oth_b, "others_after": oth_a,
             "others_change": (oth_a - oth_b) / oth_b if oth_b else float("nan"),
-            "normal_learned": normal_after, "after": after, "seconds": time.perf_counter() - t,
+            "normal_learned": normal_after, "targeted_before": tgt_b, "targeted_after": tgt_a, "after": after, "seconds": time.perf_counter() - t,
             "details": {k: v for k, v in res.manifest["details"].items() if k != "resampling_history"},
         }
         results.append(row)
@@ -114,7 +132,9 @@ def main(argv=None):
         _save(out, a, before, normal_before, report, results)
 
     print()
-    header = f"{'cause':<20}{'flagged':>8}{'own before':>11}{'own after':>10}{'removed':>9}" \
+    print(f"normals learned before: {normal_before:.0%}; 'targeted' = planted samples of the cause that the "
+          f"report attributed to it (what the intervention acted on)")
+    header = f"{'cause':<20}{'flagged':>8}{'own before':>11}{'own after':>10}{'removed':>9}{'targeted b->a':>15}" \
              f"{'others b->a':>13}{'change':>8}{'normal':>8}"
     print(header)
     print("-" * len(header))
@@ -122,9 +142,13 @@ def main(argv=None):
     for r in results:
         ok = (r["own_removed"] >= 0.5, r["others_change"] <= 0.10, r["normal_learned"] >= 0.95)
         met.append(all(ok))
-        print(f"{r['cause']:<20}{r['flagged']:>8}{r['own_before']:>11}{r['own_after']:>10}{r['own_removed']:>9.0%}"
+        print(f"{r['cause'][:19]:<20}{r['flagged']:>8}{r['own_before']:>11}{r['own_after']:>10}{r['own_removed']:>9.0%}"
+              f"{str(r['targeted_before']) + '->' + str(r['targeted_after']):>15}"
               f"{str(r['others_before']) + '->' + str(r['others_after']):>13}{r['others_change']:>+8.0%}"
               f"{r['normal_learned']:>8.0%}  {'ok' if all(ok) else 'MISSED ' + ','.join(n for n, o in zip(('own', 'others', 'normal'), ok) if not o)}")
+    dropped = [f"{r['cause']}: {r['dropped']} rows dropped (scored on the rows kept)" for r in results if r["dropped"]]
+    if dropped:
+        print("; ".join(dropped))
     print(f"\nruns and figures in {out}")
     print(f"targets met: {sum(met)}/{len(met)} interventions (>=50% own removed, others <=+10%, normals >=95%)")
 
