@@ -12,8 +12,9 @@ planted cause; any Hub model and dataset work by flag:
 Data with a `stage` column is fine-tuned stage after stage (`hf_ilp.training.train_stages`), as
 sequential fine-tuning is where left-side forgetting happens. Without a GPU, bf16 and activation
 (gradient) checkpointing are off unless asked for. The model is saved to
-`<output_dir>/final_model`, the per-sample `LearnTracker` records to `<output_dir>/hf_ilp_records`
-and the counts to `<output_dir>/diagnose_summary.json`.
+`<output_dir>/final_model`, the per-sample `LearnTracker` records to `<output_dir>/hf_ilp_records`,
+the diagnosis (`hf_ilp.diagnose`: a cause per unlearned sample) to `<output_dir>/diagnosis` and the
+counts to `<output_dir>/diagnose_summary.json`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import torch
 from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser, get_peft_config
 
 from hf_ilp._io import atomic_dir, write_json_atomic
+from hf_ilp.diagnosis import diagnose
+from hf_ilp.diagnosis.display import print_summary
 from hf_ilp.training import train_stages
 from hf_ilp.tracking import LearnTracker, LearnTrackerConfig
 from hf_ilp.world.evaluate import unlearned_by_cause
@@ -43,6 +46,13 @@ class DiagnoseScriptArguments(ScriptArguments):
     world_cache_dir: str | None = field(
         default=None, metadata={"help": "ILP-World cache folder (default: $HF_ILP_CACHE or ~/.cache/hf_ilp)."}
     )
+    intervene: str | None = field(
+        default=None, metadata={"help": "Comma-separated causes to fix after the diagnosis (e.g. "
+                                        "'missing_knowledge,forgetting'): one new run and a new diagnosis per cause, "
+                                        "shown before/after (hf_ilp.interventions)."})
+    knowledge_corpus: str | None = field(
+        default=None, metadata={"help": "Dataset (Hub id or folder) with a 'text' column searched by BM25 for the "
+                                        "knowledge interventions (default on ILP-World: the world's documents)."})
 
 
 def _say(message: str) -> None:
@@ -104,6 +114,16 @@ def main(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_a
         summary["n_unlearned"] = len(flags) - sum(flags)
         if world is not None:  # ILP-World only: its ground truth is shown because it is the demo
             summary["unlearned_by_planted_cause"] = unlearned_by_cause(train, flags)
+        if trainer.is_world_process_zero():  # the diagnosis: one cause per unlearned sample
+            from transformers import AutoModelForCausalLM
+
+            base = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path or world.base_model_path,
+                                                        dtype=model_args.dtype).to(trainer.model.device)
+            _say("diagnosing the unlearned samples (hf_ilp.diagnose)")
+            report = diagnose(trainer.model, base, tokenizer, train, tracker.records,
+                              probes=world.probes if world is not None else None)
+            summary["diagnosis"] = str(report.save(out / "diagnosis"))
+            print_summary(report)
     else:
         _say("the reproduction count needs prompt-completion or messages data; skipped")
     if trainer.is_world_process_zero():
@@ -112,7 +132,51 @@ def main(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_a
             tokenizer.save_pretrained(str(tmp))
         write_json_atomic(out / "diagnose_summary.json", summary)
         _print_summary(summary)
+    if script_args.intervene:  # causal tests: fix each diagnosed cause, re-run, re-diagnose
+        summary["interventions"] = _intervene(script_args, training_args, model_args, trainer, tokenizer, train, world)
+        if trainer.is_world_process_zero():
+            write_json_atomic(out / "diagnose_summary.json", summary)
     return summary
+
+
+def _intervene(script_args, training_args, model_args, trainer, tokenizer, train, world) -> dict:
+    """Run `hf_ilp.interventions` for the requested causes and print the diagnosis before and after."""
+    from accelerate import PartialState
+
+    from hf_ilp.diagnosis.report import DiagnosisReport
+    from hf_ilp.interventions import BM25KnowledgeSource, format_before_after, intervene_and_rediagnose
+    from hf_ilp.interventions.knowledge import world_knowledge_source
+
+    out = Path(training_args.output_dir)
+    PartialState().wait_for_everyone()  # the diagnosis is written by the main process
+    before = DiagnosisReport.load(out / "diagnosis")
+    causes = script_args.intervene.split(",")
+    source = eval_dataset = None
+    if script_args.knowledge_corpus:
+        from datasets import load_dataset, load_from_disk
+
+        corpus = (load_from_disk(script_args.knowledge_corpus) if Path(script_args.knowledge_corpus).is_dir()
+                  else load_dataset(script_args.knowledge_corpus, split="train"))
+        source = BM25KnowledgeSource(corpus["text"])
+    elif world is not None:
+        source = world_knowledge_source(world)
+    if world is not None:
+        eval_dataset = world.validation
+    elif script_args.dataset_test_split and training_args.eval_strategy != "no":
+        from datasets import load_dataset
+
+        eval_dataset = load_dataset(script_args.dataset_name, name=script_args.dataset_config,
+                                    split=script_args.dataset_test_split)
+    _say(f"intervening on {', '.join(causes)}: a new run and a new diagnosis per cause")
+    afters = intervene_and_rediagnose(
+        causes, before, train, out / "interventions", base_model=model_args.model_name_or_path or world.base_model_path,
+        model=trainer.model, tokenizer=tokenizer, args=training_args, eval_dataset=eval_dataset,
+        knowledge_source=source, general_texts=world.corpus["text"] if world is not None else None,
+        peft_config=get_peft_config(model_args), probes=world.probes if world is not None else None)
+    if trainer.is_world_process_zero():
+        print(format_before_after(before, afters))
+        _say(f"intervention runs and their diagnoses in {out / 'interventions'}")
+    return {cause: str(result.path) for cause, (result, _) in afters.items()}
 
 
 def _print_summary(summary: dict) -> None:
