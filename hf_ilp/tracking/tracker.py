@@ -27,7 +27,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 
-from hf_ilp.tracking.learn_check import _Rows, pass_at_n, row_hash, score_rows, tokenize_rows
+from hf_ilp.tracking.learn_check import _Rows, column_lists, pass_at_n, row_hash, score_rows, tokenize_rows
 from hf_ilp.tracking.records import RECORDS_DIRNAME, SCHEMA_VERSION, build_records, save_records
 
 _WINDOW_KINDS = ("epoch", "steps")
@@ -211,7 +211,7 @@ class LearnTracker(TrainerCallback):
         dataset = getattr(train_dataloader, "dataset", None)
         if dataset is None or not hasattr(dataset, "column_names") or "input_ids" not in dataset.column_names:
             return None
-        return [row_hash(ids) for ids in dataset["input_ids"]]
+        return [row_hash(ids) for ids in column_lists(dataset, ["input_ids"])["input_ids"]]
 
     def _reindex(self, first: bool):
         rows = self.rows
