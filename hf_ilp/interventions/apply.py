@@ -129,6 +129,12 @@ def _sft(model, tokenizer, dataset, args, callbacks, trainer_cls, eval_dataset=N
                         trainer_cls=trainer_cls)
 
 
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 @contextlib.contextmanager
 def _scratch_dir():
     """A throw-away folder for the outputs of a non-main process (the main one publishes)."""
@@ -381,7 +387,8 @@ def intervene_and_rediagnose(causes: Sequence[str], report, train_dataset, outpu
         after = diagnose(result.model, base, tokenizer, train_dataset, tracker.records, probes=probes,
                          config=diagnoser_config)
         result.annotate(after)
-        after.save(result.path / "report")
+        if _is_main_process():
+            after.save(result.path / "report")
         out[cause] = (result, after)
     return out
 
