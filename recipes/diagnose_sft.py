@@ -14,7 +14,10 @@ sequential fine-tuning is where left-side forgetting happens. Without a GPU, bf1
 (gradient) checkpointing are off unless asked for. The model is saved to
 `<output_dir>/final_model`, the per-sample `LearnTracker` records to `<output_dir>/hf_ilp_records`,
 the diagnosis (`hf_ilp.diagnose`: a cause per unlearned sample) to `<output_dir>/diagnosis` and the
-counts to `<output_dir>/diagnose_summary.json`.
+counts to `<output_dir>/diagnose_summary.json`. `final_model/` gets a model card with the diagnosis;
+with `--push_to_hub --hub_model_id USER/NAME` it goes to the Hub, and the per-sample diagnosis to
+the dataset `USER/NAME-ilp-diagnosis` (a failed push is retried later with
+`hf-ilp push <output_dir>/final_model`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser, get_peft_con
 from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.diagnosis import diagnose
 from hf_ilp.diagnosis.display import print_summary
+from hf_ilp.hub import publish_run, take_hub_settings
 from hf_ilp.training import train_stages
 from hf_ilp.tracking import LearnTracker, LearnTrackerConfig
 from hf_ilp.world.evaluate import unlearned_by_cause
@@ -103,12 +107,14 @@ def main(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_a
     records_dir = Path(training_args.output_dir) / "hf_ilp_records"
     tracker = LearnTracker(dataset=tracked, config=LearnTrackerConfig(records_dir=str(records_dir)))
     callbacks = [tracker]
+    hub = take_hub_settings(training_args)  # no Trainer push while training: one push at the end, with the diagnosis
     _say(f"fine-tuning for {training_args.num_train_epochs:g} epoch(s) per stage, lr {training_args.learning_rate:g}")
     trainer = train_stages(
         model, tokenizer, train, training_args, callbacks=callbacks, peft_config=get_peft_config(model_args)
     )
     out = Path(training_args.output_dir)
     summary = {"output_dir": str(out), "n_train": len(train), "records": str(records_dir)}
+    report = None
     if tracked is not None:  # the tracker's final observation is hf_ilp.check_learned on the final weights
         flags = tracker.records["final_exact"]
         summary["n_unlearned"] = len(flags) - sum(flags)
@@ -132,6 +138,13 @@ def main(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_a
             tokenizer.save_pretrained(str(tmp))
         write_json_atomic(out / "diagnose_summary.json", summary)
         _print_summary(summary)
+        if report is not None:  # model card with the diagnosis in final_model/; pushed with --push_to_hub
+            trained_on = script_args.dataset_name or f"ilp-world-{script_args.world_size}-seed{script_args.world_seed}"
+            pushed = publish_run(trainer, report, hub, trained_on=trained_on, train_dataset=train, folder=out / "final_model")
+            if pushed is not None:
+                _say(f"pushed model {pushed.model_repo_id} and diagnosis dataset {pushed.dataset_repo_id}")
+        elif hub.push_to_hub:
+            _say("--push_to_hub: nothing pushed, there is no diagnosis (it needs prompt-completion or messages data)")
     if script_args.intervene:  # causal tests: fix each diagnosed cause, re-run, re-diagnose
         summary["interventions"] = _intervene(script_args, training_args, model_args, trainer, tokenizer, train, world)
         if trainer.is_world_process_zero():
