@@ -78,22 +78,24 @@ def _fuse_tensor(name, base, tasks, factors, cores) -> tuple[torch.Tensor, int]:
     work = torch.float64 if b.dtype == torch.float64 else torch.float32
     acc = b.to(work)
     flat = acc.view(-1)
-    idx, before = [], []
+    idx = []
     for task in tasks:
         m = cores[task].get(name)
-        i = m.indices() if m is not None and m.count else None
-        idx.append(i)
-        before.append(flat[i].clone() if i is not None else None)
+        idx.append(m.indices() if m is not None and m.count else None)
+    contested = sum(i is not None for i in idx) > 1  # only then are the base values needed
+    before = [flat[i].clone() if contested and i is not None else None for i in idx]
     picked = []  # (indices, values, |delta|) per task with core entries here
     for task, src, factor, i, b0 in zip(tasks, tasks.values(), factors, idx, before):
         x = src.read(name)
         if i is not None:
             v = x.view(-1)[i].to(work)
-            picked.append((i, v, (v - b0).abs()))
+            picked.append((i, v, (v - b0).abs() if contested else None))
         _slerp_(acc, x, factor)
         del x
     shared = 0
-    if picked:
+    if len(picked) == 1:
+        flat[picked[0][0]] = picked[0][1]
+    elif picked:
         i_all = torch.cat([p[0] for p in picked])
         v_all = torch.cat([p[1] for p in picked])
         d_all = torch.cat([p[2] for p in picked])
