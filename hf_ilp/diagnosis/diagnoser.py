@@ -26,10 +26,10 @@ sees what else the evidence pointed to. A sample with no supported cause is `une
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 import weakref
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +80,9 @@ class Diagnoser:
         notes = []
         learned = self._learned(rec, model, tokenizer, dataset, notes)
         unlearned = np.flatnonzero(~learned)
-        n, q = len(samples.ids), len(unlearned)
+        q = len(unlearned)
+        if not q:
+            notes.append("the fine-tuned model reproduces every sample: nothing to diagnose")
         if not samples.has_stage:
             notes.append("the dataset has no 'stage' column: forgetting is judged across observation points only")
         elif not has_stages([rec[i] for i in unlearned]):
