@@ -87,6 +87,9 @@ def _push(args) -> int:
     except HubPushError as exc:
         print(exc)
         return 1
+    except (FileNotFoundError, ValueError) as exc:  # not a prepared folder, or a bad repo id
+        print(f"hf-ilp push: {exc}")
+        return 2
     print(f"pushed model {result.model_repo_id} (commit {result.model_commit[:10]})")
     print(f"pushed diagnosis dataset {result.dataset_repo_id} (commit {result.dataset_commit[:10]})")
     return 0

@@ -242,3 +242,23 @@ def test_trainer_push_to_hub_with_the_card_mixin(hub, make_report, tmp_path):
     assert card.data.to_dict()["hf_ilp"]["counts"] == trainer.hf_ilp_report.counts
     assert "## Incomplete learning diagnosis" in card.text and "sft" in card.data.tags
     assert hf_ilp.load_report("frank/mixin").counts == trainer.hf_ilp_report.counts
+
+
+def test_a_run_made_without_hub_settings_is_pushed_later_by_cli(hub, make_report, tmp_path):
+    """A run without --hub_model_id leaves a local card; `hf-ilp push DIR --hub_model_id ...` publishes it."""
+    import hf_ilp
+    from hf_ilp.cli import main
+    from hf_ilp.hub import amend_model_card
+    from hf_ilp.hub.cards import REPORT_DIRNAME, publishable
+
+    report = make_report()
+    out = _run_folder(tmp_path, report)
+    publishable(report).save(out / REPORT_DIRNAME)
+    amend_model_card(out, report)
+    assert hf_ilp.load_report(out).counts == report.counts  # readable locally as it is
+    with pytest.raises(FileNotFoundError, match="--hub_model_id"):
+        hf_ilp.push_run(out)
+    assert main(["push", str(out)]) == 2  # the CLI says the same, without a traceback
+    assert main(["push", str(out), "--hub_model_id", "henry/later"]) == 0
+    loaded = hf_ilp.load_report("henry/later", samples=True)
+    assert loaded.counts == report.counts and loaded.summary["diagnosis_dataset"] == "henry/later-ilp-diagnosis"
