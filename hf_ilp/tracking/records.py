@@ -49,7 +49,6 @@ from hf_ilp._io import atomic_dir
 
 SCHEMA_VERSION = 1
 RECORDS_DIRNAME = "hf_ilp_records"
-OBS_KINDS = ("epoch", "steps", "stage_end", "final")
 
 FEATURES = Features(
     {

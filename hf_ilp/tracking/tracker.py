@@ -30,9 +30,6 @@ from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 from hf_ilp.tracking.learn_check import _Rows, column_lists, pass_at_n, row_hash, score_rows, tokenize_rows
 from hf_ilp.tracking.records import RECORDS_DIRNAME, SCHEMA_VERSION, build_records, save_records
 
-_WINDOW_KINDS = ("epoch", "steps")
-
-
 @dataclass
 class LearnTrackerConfig:
     """Settings of `LearnTracker` (a dataclass, so `TrlParser` turns them into flags and YAML keys)."""
@@ -157,7 +154,8 @@ class LearnTracker(TrainerCallback):
                     ev["kind"] = "stage_end"
             self._ended_step = None
         self._run += 1
-        trained = self._trained_hashes(train_dataloader)
+        prepared = self._prepared(train_dataloader)
+        trained = None if prepared is None else [row_hash(x) for x in column_lists(prepared, ["input_ids"])["input_ids"]]
         if self.rows is None:
             if self.dataset is not None:
                 if tokenizer is None:
@@ -173,11 +171,7 @@ class LearnTracker(TrainerCallback):
                     "LearnTracker cannot list the rows of this training set (an IterableDataset?): pass the rows to "
                     "track with `LearnTracker(dataset=...)`."
                 )
-            else:  # the trainer's prepared set keeps the `id`/`stage` columns that the dataloader's drops
-                trainer = _caller_of_type(Trainer)
-                prepared = getattr(trainer, "train_dataset", None)
-                if not (isinstance(prepared, Dataset) and "input_ids" in prepared.column_names):
-                    prepared = train_dataloader.dataset
+            else:
                 self.rows = tokenize_rows(prepared, tokenizer)
             self._reindex(first=True)
         if trained is not None:
@@ -190,28 +184,31 @@ class LearnTracker(TrainerCallback):
                     "differs. Pass the trainer's data as LearnTracker(dataset=...) or leave it unset."
                 )
             if missing:  # a later run brings new rows: they join the records from now on
-                new = tokenize_rows(train_dataloader.dataset.select(
-                    [k for k, h in enumerate(trained) if h in set(missing)]), tokenizer)
+                missing = set(missing)
+                new = tokenize_rows(prepared.select([k for k, h in enumerate(trained) if h in missing]), tokenizer)
                 for attr in ("ids", "targets", "names", "stages", "hashes"):
                     getattr(self.rows, attr).extend(getattr(new, attr))
                 self._reindex(first=False)
-            stages = {self.rows.stages[self._index[h][0]] for h in trained}
-            stages.discard(-1)
-            self._stage = stages.pop() if len(stages) == 1 else (self._run if not stages else -1)
-        else:
-            self._stage = self._run
+        stages = {self.rows.stages[self._index[h][0]] for h in trained or ()} - {-1}
         if state.global_step > 0:
             self._restore(args, state)
+        self._stage = stages.pop() if len(stages) == 1 else (self._run if not stages else -1)
         self._last_obs_step = state.global_step
         if self._hook is None:
             self._hook = model.register_forward_hook(self._on_forward, with_kwargs=True)
         self._log_before_reporters()
 
-    def _trained_hashes(self, train_dataloader):
-        dataset = getattr(train_dataloader, "dataset", None)
-        if dataset is None or not hasattr(dataset, "column_names") or "input_ids" not in dataset.column_names:
-            return None
-        return [row_hash(ids) for ids in column_lists(dataset, ["input_ids"])["input_ids"]]
+    @staticmethod
+    def _prepared(train_dataloader):
+        """The training rows as the trainer prepared them (tokenized), or None if they cannot be listed.
+
+        The trainer's own prepared set is preferred: it keeps the `id`/`stage` columns that the
+        dataloader's copy drops (`remove_unused_columns`); same rows, same order.
+        """
+        for dataset in (getattr(_caller_of_type(Trainer), "train_dataset", None), getattr(train_dataloader, "dataset", None)):
+            if isinstance(dataset, Dataset) and "input_ids" in dataset.column_names:
+                return dataset
+        return None
 
     def _reindex(self, first: bool):
         rows = self.rows
@@ -473,9 +470,9 @@ class LearnTracker(TrainerCallback):
     def _records_dir(self, args) -> Path:
         return Path(self.config.records_dir or Path(args.output_dir) / RECORDS_DIRNAME)
 
-    def _state(self, pending) -> dict:
+    def _state(self, pending, global_step) -> dict:
         return {
-            "global_step": None,
+            "global_step": global_step,
             "row_names": self.rows.names,
             "row_hashes": self.rows.hashes,
             "counter": self._counter,
@@ -490,8 +487,7 @@ class LearnTracker(TrainerCallback):
     def _write(self, args, state, path, pending=None):
         if not state.is_world_process_zero:
             return
-        tracker_state = self._state(pending or {})
-        tracker_state["global_step"] = state.global_step
+        tracker_state = self._state(pending or {}, state.global_step)
         meta = {
             "config": asdict(self.config),
             "n_rows": len(self.rows.ids),

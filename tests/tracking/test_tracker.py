@@ -82,11 +82,13 @@ def test_training_pass_statistics_equal_learn_check(trainer_kind, half_trained, 
     assert logged[-1]["ilp/learned"] + logged[-1]["ilp/forgotten"] + logged[-1]["ilp/never_learned"] == pytest.approx(1)
 
 
-def test_sequential_stages_observe_every_row(make_model, word_tokenizer, tmp_path):
-    """One trainer per stage sharing the tracker (the train_stages protocol): every row at each stage end."""
+@pytest.mark.parametrize("given", [True, False])
+def test_sequential_stages_observe_every_row(given, make_model, word_tokenizer, tmp_path):
+    """One trainer per stage sharing the tracker (the train_stages protocol): with the full dataset
+    given, every row at each stage end; without it, a stage's rows join when first trained."""
     data = make_rows(n_items=8, stages=True)
     model = make_model(hidden_size=48)
-    tracker = LearnTracker(dataset=data)
+    tracker = LearnTracker(dataset=data if given else None)
     for stage in (0, 1):
         part = data.filter(lambda r: r["stage"] == stage)
         SFTTrainer(model=model, args=sft_args(tmp_path / f"stage-{stage}", num_train_epochs=2, per_device_train_batch_size=4),
@@ -97,9 +99,12 @@ def test_sequential_stages_observe_every_row(make_model, word_tokenizer, tmp_pat
         if r["stage"] == 0:
             assert r["obs_kind"] == ["epoch", "epoch", "stage_end", "final"] and r["obs_stage"] == [0, 0, 0, 1]
             assert r["obs_step"] == [2, 4, 4, 8]
-        else:
+        elif given:
             assert r["obs_kind"] == ["stage_end", "epoch", "epoch", "final"] and r["obs_stage"] == [0, 1, 1, 1]
             assert r["obs_step"] == [4, 6, 8, 8]  # steps add up across stages
+        else:
+            assert r["obs_kind"] == ["epoch", "epoch", "final"] and r["obs_stage"] == [1, 1, 1]
+            assert r["obs_step"] == [6, 8, 8]
         flips = sum(a and not b for a, b in zip(r["exact"], r["exact"][1:]))
         assert r["forgetting_events"] == flips
         assert r["learned_ever"] == any(r["exact"]) and r["final_exact"] == r["exact"][-1]
