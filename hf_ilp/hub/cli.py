@@ -9,7 +9,7 @@ def register(subparsers) -> None:
         help="print the incomplete-learning diagnosis of a model (Hub repo id or local folder)",
         description="Print the DiagnosisReport stored in a model card (Hub repo or local folder) or a report folder.",
     )
-    p.add_argument("source", metavar="REPO_OR_PATH", help="Hub model repo id (user/name), a run's output folder, or a report folder")
+    p.add_argument("source", metavar="REPO_OR_PATH", help="Hub model repo id (user/name), a model folder with its card (diagnose_sft: <output_dir>/final_model), or a report folder")
     p.add_argument("--revision", default=None, help="branch, tag or commit of the Hub repo")
     p.add_argument("--repo-type", default="model", choices=["model", "dataset"], help="kind of Hub repo (default: model)")
     p.add_argument("--samples", action="store_true", help="also load the per-sample rows and list example unlearned samples")
@@ -19,9 +19,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "push",
         help="push a run's output folder (model, card, diagnosis dataset) to the Hub",
-        description="Push an output folder prepared by a recipe: the model with its card, and the per-sample diagnosis as a dataset repo. Retries network faults with backoff.",
+        description="Push a model folder prepared by a recipe: the model with its card, and the per-sample diagnosis as a dataset repo. Retries network faults with backoff; the Hub endpoint and token come from HF_ENDPOINT / HF_TOKEN or `hf auth login`.",
     )
-    p.add_argument("output_dir", metavar="DIR", help="the run's output folder (with hf_ilp_report/ and README.md)")
+    p.add_argument("output_dir", metavar="DIR", help="the folder holding the model, its README.md card and hf_ilp_report/ (diagnose_sft: <output_dir>/final_model)")
     p.add_argument("--hub_model_id", default=None, help="model repo id (default: the one saved in DIR/hf_ilp_push.json)")
     p.add_argument("--dataset_repo_id", default=None, help="dataset repo id for the per-sample diagnosis (default: <hub_model_id>-ilp-diagnosis)")
     p.add_argument("--private", action="store_true", default=None, help="create the repos as private")
