@@ -24,9 +24,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from hf_ilp._io import write_json_atomic
+from hf_ilp.diagnosis.report import DiagnosisReport
 
 from hf_ilp.hub.cards import (
     METADATA_KEY,
@@ -104,8 +109,6 @@ def prepare_push(
     amend_model_card(output_dir, report, model_repo_id=hub_model_id, dataset_repo_id=dataset_repo_id, trained_on=trained_on,
                      train_dataset=train_dataset)
     settings = {"hub_model_id": hub_model_id, "dataset_repo_id": dataset_repo_id, "trained_on": trained_on, "private": private, "revision": revision}
-    from hf_ilp._io import write_json_atomic
-
     write_json_atomic(output_dir / PUSH_SETTINGS, settings)
     return output_dir
 
@@ -123,8 +126,6 @@ def push_run(
 ) -> PushResult:
     """Push a folder prepared by `prepare_push` (arguments override its saved settings)."""
     from huggingface_hub import CommitOperationAdd, HfApi
-
-    from hf_ilp.diagnosis.report import DiagnosisReport
 
     output_dir = Path(output_dir)
     settings_file = output_dir / PUSH_SETTINGS
@@ -248,8 +249,6 @@ def publish_run(
 
 def _trainer_card(trainer, folder: Path, model_name: str, trained_on: str | None, hub_model_id: str | None = None) -> None:
     """Write the trainer's own card (TRL's: model-index, base_model, tags) as `folder/README.md`."""
-    import os
-
     if hub_model_id and getattr(trainer, "hub_model_id", None) is None:
         trainer.hub_model_id = hub_model_id  # TRL's card quotes it in its quick-start snippet
     trainer.create_model_card(model_name=model_name, dataset_name=trained_on)
@@ -308,8 +307,6 @@ def _card_names(card_path: Path, hub_model_id: str, dataset_repo_id: str) -> boo
 
 
 def _check_repo_id(repo_id, name) -> None:
-    import re
-
     if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.\-]+/[\w.\-]+", repo_id):
         raise ValueError(f"{name} must look like 'user/name' (a Hub repo id), got {repo_id!r}")
 
