@@ -104,10 +104,15 @@ class Checkpoint:
                 raise ValueError(f"{self.path}: tensors {absent[:5]} are in {_INDEX} but in no shard")
         self._files = {}
 
-    def read(self, name: str) -> torch.Tensor:
-        """A fresh tensor holding `name` (one read; the caller owns the memory)."""
+    def read(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """`name` read into a fresh buffer, or into the uint8 scratch `out` when given.
+
+        Reusing one scratch buffer across tensors spares the page faults of fresh memory (they
+        cost a third of a streamed fusion here); the returned tensor is then a view of `out`.
+        """
         e = self.entries[name]
-        buf = torch.empty(e.end - e.begin, dtype=torch.uint8)
+        n = e.end - e.begin
+        buf = torch.empty(n, dtype=torch.uint8) if out is None or out.numel() < n else out[:n]
         f = self._files.get(e.shard)
         if f is None:
             f = self._files[e.shard] = open(self.path / e.shard, "rb", buffering=0)
@@ -193,7 +198,7 @@ class StateDictSource:
             self.entries[n] = _Entry(n, None, _NAMES[t.dtype], tuple(t.shape), 0, t.numel() * t.element_size())
         self.shards = []
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         return self._state[name].to("cpu", copy=True)
 
     def close(self) -> None:

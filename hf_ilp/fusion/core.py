@@ -25,6 +25,14 @@ from hf_ilp.fusion._checkpoint import open_source
 from hf_ilp.isolation.masks import CompactMask
 
 
+def _scratch(buffers: dict, key: str, nbytes: int) -> torch.Tensor:
+    """A reusable uint8 buffer of at least `nbytes` (grown when a larger tensor comes)."""
+    buf = buffers.get(key)
+    if buf is None or buf.numel() < nbytes:
+        buf = buffers[key] = torch.empty(nbytes, dtype=torch.uint8)
+    return buf
+
+
 def _check_share(share: float) -> float:
     if not (isinstance(share, (int, float)) and 0.0 < share < 1.0):
         raise ValueError(f"core share must lie strictly between 0 and 1 (p = 1% is 0.01), got {share!r}")
@@ -86,14 +94,16 @@ def core_regions(base, task, share: float = 0.01) -> dict[str, CompactMask]:
     total = sum(base.entries[n].numel for n in names)
     k = round(share * total)
     gen = torch.Generator().manual_seed(0)
+    buffers = {}  # read scratch reused across tensors (no fresh pages per tensor)
     vals, idx = [torch.empty(0)], [torch.empty(0, dtype=torch.long)]
     held, floor = 0, 0.0  # floor: a lower bound of the global k-th largest |delta| (0: changed at all)
     offsets, offset = {}, 0
     for name in names:
         offsets[name] = offset
         if k:
-            d = task.read(name).reshape(-1).float()
-            d.sub_(base.read(name).reshape(-1).float()).abs_()
+            nbytes = base.entries[name].end - base.entries[name].begin
+            d = task.read(name, out=_scratch(buffers, "task", nbytes)).reshape(-1).float()
+            d.sub_(base.read(name, out=_scratch(buffers, "base", nbytes)).reshape(-1).float()).abs_()
             i = _candidates(d, floor, k, gen)
             vals.append(d[i])
             idx.append(i + offset)

@@ -18,8 +18,8 @@ base model) and N task models:
 The SLERP angle of a tensor is computed from the whole tensor (core entries included): the
 core share is small, and one angle per tensor is what per-tensor SLERP means.
 
-Memory: the accumulator, one task tensor and the gathered core values (12 bytes per core entry
-of the current tensor) plus the cores (`CompactMask`, 4 bytes per core entry). Every input is
+Memory: the accumulator and one task tensor (two scratch buffers reused from tensor to tensor)
+and the gathered core values (12 bytes per core entry of the current tensor) plus the cores (`CompactMask`, 4 bytes per core entry). Every input is
 checked before anything is written (architecture, names, shapes, dtypes, shards, t, task
 names), and the output folder appears only when complete (`hf_ilp._io.atomic_dir`). It holds
 the shards in the base's layout, the index, the base's config/tokenizer files, the cores of
@@ -36,7 +36,7 @@ import torch
 
 from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.fusion._checkpoint import Checkpoint, ShardWriter, open_source
-from hf_ilp.fusion.core import _check_share, _is_float, check_compatible, core_regions, group_tasks
+from hf_ilp.fusion.core import _check_share, _is_float, _scratch, check_compatible, core_regions, group_tasks
 from hf_ilp.fusion.merge_utils import _check_t, _slerp_
 from hf_ilp.isolation.masks import CompactMask, load_masks, save_masks
 
@@ -70,13 +70,20 @@ def _schedule(t: float, n: int) -> list[float]:
 
 
 @torch.no_grad()
-def _fuse_tensor(name, base, tasks, factors, cores) -> tuple[torch.Tensor, int]:
-    """The fused tensor `name` and how many of its entries several tasks claimed as core."""
-    b = base.read(name)
-    if not _is_float(base.entries[name]):
+def _fuse_tensor(name, base, tasks, factors, cores, buffers) -> tuple[torch.Tensor, int]:
+    """The fused tensor `name` (possibly a view of `buffers`: write it before the next call) and
+    how many of its entries several tasks claimed as core."""
+    e = base.entries[name]
+    nbytes = e.end - e.begin
+    b = base.read(name, out=_scratch(buffers, "base", nbytes))
+    if not _is_float(e):
         return b, 0
     work = torch.float64 if b.dtype == torch.float64 else torch.float32
-    acc = b.to(work)
+    if b.dtype == work:
+        acc = b
+    else:
+        acc = _scratch(buffers, "acc", b.numel() * work.itemsize).view(work)[: b.numel()].view(b.shape)
+        acc.copy_(b)
     flat = acc.view(-1)
     idx = []
     for task in tasks:
@@ -86,7 +93,7 @@ def _fuse_tensor(name, base, tasks, factors, cores) -> tuple[torch.Tensor, int]:
     before = [flat[i].clone() if contested and i is not None else None for i in idx]
     picked = []  # (indices, values, |delta|) per task with core entries here
     for task, src, factor, i, b0 in zip(tasks, tasks.values(), factors, idx, before):
-        x = src.read(name)
+        x = src.read(name, out=_scratch(buffers, "task", nbytes))
         if i is not None:
             v = x.view(-1)[i].to(work)
             picked.append((i, v, (v - b0).abs() if contested else None))
@@ -226,6 +233,7 @@ def fuse_checkpoints(
             tau=tau,
         )
         factors = _schedule(t, len(srcs))
+        buffers = {}  # scratch reused across tensors: a few tensors' worth, whatever the model size
         with atomic_dir(output_dir, overwrite=overwrite) as tmp:
             for shard in base_ck.shards:
                 names = [n for n, e in base_ck.entries.items() if e.shard == shard]
@@ -235,7 +243,7 @@ def fuse_checkpoints(
                 )
                 try:
                     for n in names:
-                        fused, shared = _fuse_tensor(n, base_ck, srcs, factors, cores)
+                        fused, shared = _fuse_tensor(n, base_ck, srcs, factors, cores, buffers)
                         result.shared_core_entries += shared
                         writer.write(n, fused)
                         del fused
