@@ -118,13 +118,8 @@ def before_after(before, after) -> list[dict]:
 
 def _sft(model, tokenizer, dataset, args, callbacks, trainer_cls, eval_dataset=None):
     """SFT with the sequential-stage protocol of `hf_ilp.training.train_stages`."""
-    try:
-        from hf_ilp.training import train_stages
-    except ImportError:  # TODO(interventions): drop once hf_ilp.training lands
-        trainer = trainer_cls(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
-                              processing_class=tokenizer, callbacks=list(callbacks))
-        trainer.train()
-        return trainer
+    from hf_ilp.training import train_stages
+
     return train_stages(model, tokenizer, dataset, args, callbacks=callbacks, eval_dataset=eval_dataset,
                         trainer_cls=trainer_cls)
 
