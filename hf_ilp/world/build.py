@@ -285,6 +285,7 @@ def _verified_meta(path: Path) -> dict:
     try:
         meta = json.loads((path / "world.json").read_text())
         expected = meta["files"]
+        WorldSpec(**meta["spec"]), int(meta["seed"]), str(meta["size"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CorruptWorldError(f"{path / 'world.json'} is missing or unreadable: {err}") from err
     for rel, digest in expected.items():
