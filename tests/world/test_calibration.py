@@ -108,7 +108,8 @@ def test_causal_missing_knowledge_and_conflict(tiny_world, world_cache_dir, tmp_
         0,
         pytest.param(1, marks=pytest.mark.xfail(
             reason="known shortfall: small seed 1 learns 126/134 normal samples (94.0% < 95%); stage 1 erases "
-            "8 normal stage-0 samples (every planted cause and causal check meets its target)", strict=False)),
+            "8 normal stage-0 samples; every planted cause stays >= 30% unlearned (causal checks not reached)",
+            strict=False)),
     ],
 )
 def test_small_world_calibration(seed, world_cache_dir, tmp_path):
