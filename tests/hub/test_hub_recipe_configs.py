@@ -29,7 +29,7 @@ def _recipe_options(name: str) -> set:
 def _hub_variant(text: str) -> dict:
     """The commented block after '# Hub variant', uncommented: `# key: value` and `#   - item` lines."""
     block = text.split("# Hub variant", 1)[1].splitlines()[1:]
-    lines = [line[2:] for line in block if re.match(r"^# ([a-z_]+:( .*)?|  +- .*)$", line)]
+    lines = [line[2:] for line in block if re.match(r"^# ([a-z0-9_]+:( .*)?|  +- .*)$", line)]
     return yaml.safe_load("\n".join(lines)) or {}
 
 
