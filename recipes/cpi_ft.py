@@ -24,9 +24,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from trl import ModelConfig, ScriptArguments, TrlParser
 
+from hf_ilp.training import parse_recipe_args
 from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.fusion import CPIFTConfig, run_cpi_ft
 
@@ -149,12 +149,4 @@ def make_parser(subparsers=None):
 
 
 if __name__ == "__main__":
-    default_config = Path(__file__).parent / "configs" / "cpi_ft.yaml"
-    if "--config" not in sys.argv and default_config.exists():
-        sys.argv[1:1] = ["--config", str(default_config)]
-    if not torch.cuda.is_available():  # CPU: bf16 and activation checkpointing off unless asked
-        for flag in ("--bf16", "--gradient_checkpointing"):
-            if flag not in sys.argv:
-                sys.argv += [flag, "false"]
-    script_args, training_args, model_args = make_parser().parse_args_and_config()
-    main(script_args, training_args, model_args)
+    main(*parse_recipe_args(make_parser(), Path(__file__).parent / "configs" / "cpi_ft.yaml"))

@@ -23,18 +23,16 @@ the dataset `USER/NAME-ilp-diagnosis` (a failed push is retried later with
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser, get_peft_config
 
 from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.diagnosis import diagnose
 from hf_ilp.diagnosis.display import print_summary
 from hf_ilp.hub import publish_run, take_hub_settings
-from hf_ilp.training import train_stages
+from hf_ilp.training import parse_recipe_args, train_stages
 from hf_ilp.tracking import LearnTracker, LearnTrackerConfig
 from hf_ilp.world.evaluate import unlearned_by_cause
 
@@ -210,8 +208,6 @@ def make_parser(subparsers=None):
         parser = subparsers.add_parser("diagnose_sft", help="SFT and unlearned-sample count", dataclass_types=dataclass_types)
     else:
         parser = TrlParser(dataclass_types)
-    if not torch.cuda.is_available():  # CPU: bf16 and activation checkpointing off unless asked for
-        parser.set_defaults(bf16=False, activation_checkpointing=False, gradient_checkpointing=False)
     return parser
 
 
@@ -219,7 +215,4 @@ if __name__ == "__main__":
     hf_ilp_logger = logging.getLogger("hf_ilp")  # progress of the world build
     hf_ilp_logger.setLevel(logging.INFO)
     hf_ilp_logger.addHandler(logging.StreamHandler())
-    argv = sys.argv[1:]
-    if "--config" not in argv and DEFAULT_CONFIG.exists():
-        argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    main(*make_parser().parse_args_and_config(argv))
+    main(*parse_recipe_args(make_parser(), DEFAULT_CONFIG))

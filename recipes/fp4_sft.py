@@ -15,13 +15,12 @@ full-precision checkpoint (the quantization is simulated in training only).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
+from hf_ilp.training import parse_recipe_args
 from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.fp4 import FP4Linear, HalfSConfig, HalfSFP4TrainerMixin, backends
 
@@ -109,14 +108,4 @@ def make_parser(subparsers=None):
 
 
 if __name__ == "__main__":
-    default_config = Path(__file__).parent / "configs" / "fp4_sft.yaml"
-    if "--config" not in sys.argv and default_config.exists():
-        sys.argv[1:1] = ["--config", str(default_config)]
-    if not torch.cuda.is_available():
-        # CPU: bf16 and activation checkpointing off, and use_cpu so that several processes
-        # (accelerate launch --multi_gpu --num_processes 2) form one gloo group.
-        for flag, value in (("--bf16", "false"), ("--gradient_checkpointing", "false"), ("--use_cpu", "true")):
-            if flag not in sys.argv:
-                sys.argv += [flag, value]
-    script_args, training_args, model_args = make_parser().parse_args_and_config()
-    main(script_args, training_args, model_args)
+    main(*parse_recipe_args(make_parser(), Path(__file__).parent / "configs" / "fp4_sft.yaml"))

@@ -22,7 +22,7 @@ class CPIFTConfig(SFTConfig):
     cpi_core_share: float = field(
         default=0.01,
         metadata={"help": "p: share of all entries in a task's core region, the top entries by |theta_task - "
-                  "theta_base| after its probe fine-tune (p = 1% is 0.01), in (0, 1)."},
+                  "theta_base| after its probe fine-tune (p = 1 percent is 0.01), in (0, 1)."},
     )
     cpi_jaccard_tau: float = field(
         default=0.1,

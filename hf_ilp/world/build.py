@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hf_ilp._io import atomic_dir, write_json_atomic
+from hf_ilp._io import atomic_dir, main_process_first, write_json_atomic
 from hf_ilp.world.generate import WorldSpec, generate
 
 logger = logging.getLogger(__name__)
@@ -148,8 +148,9 @@ def build_world(size: str = "tiny", seed: int = 0, cache_dir=None, rebuild: bool
     """Build ILP-World of `size` ("tiny" or "small") and `seed`, or load it from the cache.
 
     The cache (`cache_dir`, else `$HF_ILP_CACHE`, else `~/.cache/hf_ilp`) holds one folder per
-    (size, seed, version[, counterfactual]); `rebuild=True` builds again. Concurrent callers (the
-    processes of one `accelerate launch`) wait for one another through a file lock.
+    (size, seed, version[, counterfactual]); `rebuild=True` builds again. Concurrent callers wait
+    for one another through a file lock; in a process group (`accelerate launch`) rank 0 builds
+    first and the other ranks load what it wrote.
     """
     if size not in SIZES:
         raise ValueError(f"unknown ILP-World size {size!r}; choose one of {sorted(SIZES)}")
@@ -161,8 +162,8 @@ def build_world(size: str = "tiny", seed: int = 0, cache_dir=None, rebuild: bool
     path = root / key
     from filelock import FileLock
 
-    with FileLock(str(root / f".{key}.lock")):
-        if path.exists() and not rebuild:
+    with main_process_first() as is_main, FileLock(str(root / f".{key}.lock")):
+        if path.exists() and not (rebuild and is_main):
             try:
                 return World.load(path)
             except CorruptWorldError as err:

@@ -45,7 +45,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from hf_ilp._io import atomic_dir
+from hf_ilp._io import atomic_dir, main_process_first
 
 VERSION = 2
 
@@ -229,7 +229,8 @@ def build_multitask_world(size: str = "tiny", seed: int = 0, cache_dir=None, reb
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     path = Path(cache_dir or _default_cache()) / f"multitask-{size}-seed{seed}-v{VERSION}"
-    if rebuild or not (path / "meta.json").exists():
-        with atomic_dir(path) as tmp:
-            _build(tmp, size, seed)
+    with main_process_first() as is_main:  # rank 0 builds, the other ranks of a launch load
+        if (rebuild and is_main) or not (path / "meta.json").exists():
+            with atomic_dir(path) as tmp:
+                _build(tmp, size, seed)
     return MultiTaskWorld(path=path, size=size, seed=seed)
