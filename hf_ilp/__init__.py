@@ -4,7 +4,7 @@ Public names are imported lazily so that `import hf_ilp` stays cheap and one opt
 (the FP4 extension, the sentence encoder) never slows down or breaks another.
 """
 
-from importlib import import_module
+from hf_ilp._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -69,17 +69,4 @@ _EXPORTS = {
     "TrainSamplerMixin": "hf_ilp.interventions",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
-
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hf_ilp' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, extra=["__version__"])

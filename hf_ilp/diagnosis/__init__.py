@@ -4,7 +4,7 @@ Names are imported lazily so that reading a report (`hf_ilp.diagnosis.report`) o
 does not load torch.
 """
 
-from importlib import import_module
+from hf_ilp._lazy import lazy_exports
 
 _EXPORTS = {
     "CAUSES": "hf_ilp.diagnosis.report",
@@ -15,17 +15,4 @@ _EXPORTS = {
     "diagnose": "hf_ilp.diagnosis.diagnoser",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hf_ilp.diagnosis' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

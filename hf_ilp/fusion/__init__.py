@@ -6,7 +6,7 @@ Stages, each usable alone: `train_probes` (one SFT per task) -> `core_regions` (
 (pipelined SFT over the groups with earlier groups' cores frozen).
 """
 
-from importlib import import_module
+from hf_ilp._lazy import lazy_exports
 
 _EXPORTS = {
     "slerp": "hf_ilp.fusion.merge_utils",
@@ -22,13 +22,4 @@ _EXPORTS = {
     "run_cpi_ft": "hf_ilp.fusion.trainer",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hf_ilp.fusion' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

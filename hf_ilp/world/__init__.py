@@ -3,7 +3,7 @@
 Public names are imported lazily (like `hf_ilp` itself) so that `hf-ilp --help` stays fast.
 """
 
-from importlib import import_module
+from hf_ilp._lazy import lazy_exports
 
 _EXPORTS = {
     "build_word_tokenizer": "hf_ilp.world.tokenizer",
@@ -16,17 +16,4 @@ _EXPORTS = {
     "MultiTaskWorld": "hf_ilp.world.multitask",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hf_ilp.world' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
