@@ -7,13 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "diagnose_sft.py"
 
 
-@pytest.mark.slow
 def test_recipe_pushes_model_card_and_diagnosis(hub, tiny_world, world_cache_dir, tmp_path):
     import hf_ilp
 
