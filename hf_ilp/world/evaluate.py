@@ -1,48 +1,16 @@
-"""Greedy reproduction of prompt-completion samples, checked under teacher forcing.
+"""What ILP-World needs to calibrate its planted causes: greedy reproduction per row, and the
+count of unlearned rows per planted cause.
 
-Greedy decoding reproduces a completion exactly if and only if, under teacher forcing, the argmax
-at every completion position (EOS included) is the target token: one batched forward pass
-answers it, no generation loop. ILP-World uses it to calibrate its planted causes and the demo
-recipe to count unlearned samples; `hf_ilp.check_learned` is the full learn-check (sampling,
-pass@N, NLL) for general use.
+`reproduced` is the greedy verdict of `hf_ilp.check_learned` (teacher-forced argmax, tokenized as
+TRL's `SFTTrainer` does), so the world, the tracker and the recipe judge "learned" the same way.
 """
 
-import torch
+from hf_ilp.tracking import check_learned
 
 
-@torch.no_grad()
 def reproduced(model, tokenizer, dataset, batch_size: int = 64) -> list[bool]:
-    """For each row of `dataset` (columns `prompt`, `completion`), whether greedy decoding reproduces the completion.
-
-    Tokenized as TRL's `SFTTrainer` does for prompt-completion data: the text `prompt + completion
-    + eos`, the completion starting where its tokens diverge from those of the prompt alone.
-    """
-    missing = {"prompt", "completion"} - set(dataset.column_names)
-    if missing:
-        raise ValueError(f"reproduced: the dataset lacks the column(s) {sorted(missing)}; it needs prompt-completion rows")
-    eos = tokenizer.eos_token
-    prompts, completions = list(dataset["prompt"]), list(dataset["completion"])
-    prompt_ids = tokenizer(prompts)["input_ids"]
-    full_ids = tokenizer([p + c + eos for p, c in zip(prompts, completions)])["input_ids"]
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    result = []
-    for start in range(0, len(full_ids), batch_size):
-        rows = full_ids[start : start + batch_size]
-        width = max(map(len, rows))
-        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
-        attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-        predicted = model(input_ids=input_ids, attention_mask=attention_mask).logits.argmax(-1)
-        for i, row in enumerate(rows):
-            p_ids = prompt_ids[start + i]
-            begin = next((k for k, (a, b) in enumerate(zip(p_ids, row)) if a != b), min(len(p_ids), len(row)))
-            begin = max(begin, 1)
-            targets = input_ids[i, begin : len(row)]
-            result.append(bool((predicted[i, begin - 1 : len(row) - 1] == targets).all()))
-    model.train(was_training)
-    return result
+    """For each row of `dataset` (prompt-completion or `messages`), whether greedy decoding reproduces the completion."""
+    return list(check_learned(model, tokenizer, dataset, batch_size=batch_size, progress=False)["exact"])
 
 
 def unlearned_by_cause(dataset, reproduced_flags) -> dict:
