@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hf_ilp._rows import as_text, split_messages
+
 
 @dataclass
 class Samples:
@@ -39,12 +41,9 @@ def read_samples(dataset, tokenizer) -> Samples:
         if row.get("prompt") is not None:
             prompt, completion = row["prompt"], row["completion"]
         else:
-            messages = row["messages"] or []
-            if len(messages) < 2 or messages[-1].get("role") != "assistant":
-                raise ValueError(f"row {i}: 'messages' must end with the assistant's answer after at least one turn")
-            prompt, completion = messages[:-1], messages[-1:]
-        prompts.append(_text(prompt))
-        completions.append(_text(completion))
+            prompt, completion = split_messages(row["messages"], where=f"row {i}: 'messages'")
+        prompts.append(as_text(prompt))
+        completions.append(as_text(completion))
         plain.append(isinstance(completion, str))
     rows = _tokenize_rows(dataset, tokenizer)
     ids = list(rows.names)
@@ -109,7 +108,3 @@ def check_models(model, base_model, tokenizer, base_tokenizer=None) -> None:
         )
 
 
-def _text(x) -> str:
-    if isinstance(x, str):
-        return x
-    return "\n".join(str(m.get("content", "")) for m in x)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import copy
 
+from hf_ilp._rows import as_text, split_messages
 from hf_ilp.diagnosis.report import CAUSES
 
 
 def prompt_text(row) -> str:
     """A row's prompt as plain text (conversational prompts: the turns' contents joined)."""
-    p = row["prompt"] if "prompt" in row else row["messages"][:-1]
-    if isinstance(p, list):
-        return "\n".join(m["content"] for m in p)
-    return p
+    return as_text(row["prompt"] if "prompt" in row else split_messages(row["messages"])[0])
 
 
 def check_report_matches(report, dataset, name: str = "dataset") -> None:

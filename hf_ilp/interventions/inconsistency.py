@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from hf_ilp._rows import as_text, split_messages
 from hf_ilp.interventions._common import flagged_ids, prompt_text
 from hf_ilp.interventions.sampling import optimizer_batch_size
 
@@ -89,10 +90,7 @@ def conflict_groups(report, dataset) -> list[list[str]]:
 
 
 def _completion_text(row) -> str:
-    c = row["completion"]
-    if isinstance(c, list):  # conversational: the assistant turns
-        return "\n".join(m["content"] for m in c)
-    return c
+    return as_text(row["completion"] if "completion" in row else split_messages(row["messages"])[1])
 
 
 def resolve_conflicts(dataset, groups: Sequence[Sequence[str]], judge: str | Callable = "majority"):

@@ -33,6 +33,8 @@ from datasets.table import InMemoryTable
 from tqdm.auto import tqdm
 from trl.data_utils import common_prefix_length, is_conversational
 
+from hf_ilp._rows import split_messages
+
 __all__ = ["check_learned"]
 
 
@@ -81,13 +83,8 @@ def _tokenize_example(example: dict, tokenizer, chat_template=None) -> tuple[lis
             targets = [1] * len(ids)
         return ids, targets
     if "prompt" not in example and "messages" in example:
-        messages = example["messages"]
-        if not messages or messages[-1].get("role") != "assistant":
-            raise ValueError(
-                "a `messages` row must end with the assistant's answer (the completion to check); got a "
-                f"last message with role {messages[-1].get('role') if messages else None!r}"
-            )
-        example = {**example, "prompt": messages[:-1], "completion": messages[-1:]}
+        prompt, completion = split_messages(example["messages"])
+        example = {**example, "prompt": prompt, "completion": completion}
     if "prompt" not in example or "completion" not in example:
         raise ValueError(
             "check_learned needs rows with `prompt` and `completion`, conversational `messages`, or "
