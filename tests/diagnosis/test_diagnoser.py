@@ -10,7 +10,7 @@ from hf_ilp import CAUSES, DiagnosisReport, Diagnoser, DiagnoserConfig, diagnose
 from hf_ilp.tracking.records import save_records
 from hf_ilp.world.tokenizer import build_word_tokenizer
 
-from conftest import ENTITIES, EXPECTED, VALUES, WORDS, base_table, bigram_llama, make_records
+from diagnosis_rows import ENTITIES, EXPECTED, VALUES, WORDS, base_table, bigram_llama, make_records
 
 LEXICAL = DiagnoserConfig(encoder="lexical", progress=False)
 LEARNED = {f"known{i}" for i in range(4)}
