@@ -18,9 +18,10 @@ base model) and N task models:
 The SLERP angle of a tensor is computed from the whole tensor (core entries included): the
 core share is small, and one angle per tensor is what per-tensor SLERP means.
 
-Memory: the accumulator and one task tensor (two scratch buffers reused from tensor to tensor)
-and the gathered core values (12 bytes per core entry of the current tensor) plus the cores (`CompactMask`, 4 bytes per core entry). Every input is
-checked before anything is written (architecture, names, shapes, dtypes, shards, t, task
+Memory: the mapped base and task tensors of the current tensor (`Checkpoint.view`, released
+after it), one float accumulator of a tensor's size only when several tasks are folded, two
+block buffers, the gathered core values of the current tensor (16 bytes per core entry) and
+the cores (`CompactMask`, 4 bytes per core entry). Every input is checked before anything is written (architecture, names, shapes, dtypes, shards, t, task
 names), and the output folder appears only when complete (`hf_ilp._io.atomic_dir`). It holds
 the shards in the base's layout, the index, the base's config/tokenizer files, the cores of
 every task (`cpi_ft_cores/<task>.safetensors`), `cpi_ft.json` and a model card.
@@ -36,8 +37,8 @@ import torch
 
 from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.fusion._checkpoint import Checkpoint, ShardWriter, open_source
-from hf_ilp.fusion.core import _check_share, _is_float, _scratch, check_compatible, core_regions, group_tasks
-from hf_ilp.fusion.merge_utils import _check_t, _slerp_
+from hf_ilp.fusion.core import _check_share, _is_float, check_compatible, core_regions, group_tasks
+from hf_ilp.fusion.merge_utils import _block_len, _blocks, _check_t, _combine_block, _slerp_coefficients, _work_dtype
 from hf_ilp.isolation.masks import CompactMask, load_masks, save_masks
 
 _TASK_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -69,52 +70,84 @@ def _schedule(t: float, n: int) -> list[float]:
     return [w / ((1.0 - t) + k * w) for k in range(1, n + 1)]
 
 
+def _buffer(scratch: dict, key: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """A flat buffer of `numel` elements, reused across tensors (grown when a larger one comes)."""
+    buf = scratch.get(key)
+    if buf is None or buf.dtype != dtype or buf.numel() < numel:
+        buf = scratch[key] = torch.empty(numel, dtype=dtype)
+    return buf[:numel]
+
+
+def _winners(picked) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Sorted core indices of one tensor, their transplanted values, and how many were contested.
+
+    `picked` holds (indices, values, |delta|) per task with core entries here, in task order; an
+    index claimed by several tasks goes to the largest |delta|, exact ties to the earlier task.
+    """
+    if len(picked) == 1:
+        return picked[0][0], picked[0][1], 0
+    i_all = torch.cat([p[0] for p in picked])
+    v_all = torch.cat([p[1] for p in picked])
+    d_all = torch.cat([p[2] for p in picked])
+    # largest |delta| first, then stable by index: the first row of each index wins
+    order = torch.sort(d_all, descending=True, stable=True).indices
+    order = order[torch.sort(i_all[order], stable=True).indices]
+    i_sorted = i_all[order]
+    first = torch.ones_like(i_sorted, dtype=torch.bool)
+    first[1:] = i_sorted[1:] != i_sorted[:-1]
+    return i_sorted[first], v_all[order][first], int(i_sorted.numel() - first.sum())
+
+
 @torch.no_grad()
-def _fuse_tensor(name, base, tasks, factors, cores, buffers) -> tuple[torch.Tensor, int]:
-    """The fused tensor `name` (possibly a view of `buffers`: write it before the next call) and
-    how many of its entries several tasks claimed as core."""
+def _fuse_tensor(name, base, tasks, factors, cores, writer, scratch) -> int:
+    """Write the fused tensor `name` to `writer`; return how many of its entries several tasks
+    claimed as core.
+
+    Per task: one blocked pass for the SLERP coefficients, then (all but the last task) one
+    blocked pass folding it into a float accumulator. The last task's pass emits the output block
+    by block, with the core entries patched in, straight to the shard: the fused tensor never
+    exists whole, and with one task no tensor-sized buffer is needed at all.
+    """
     e = base.entries[name]
-    nbytes = e.end - e.begin
-    b = base.read(name, out=_scratch(buffers, "base", nbytes))
+    cur = base.view(name).reshape(-1)
     if not _is_float(e):
-        return b, 0
-    work = torch.float64 if b.dtype == torch.float64 else torch.float32
-    if b.dtype == work:
-        acc = b
-    else:
-        acc = _scratch(buffers, "acc", b.numel() * work.itemsize).view(work)[: b.numel()].view(b.shape)
-        acc.copy_(b)
-    flat = acc.view(-1)
+        writer.write(name, cur.reshape(e.shape))
+        return 0
+    dtype, n = cur.dtype, cur.numel()
+    work = _work_dtype(dtype)
     idx = []
     for task in tasks:
         m = cores[task].get(name)
         idx.append(m.indices() if m is not None and m.count else None)
     contested = sum(i is not None for i in idx) > 1  # only then are the base values needed
-    before = [flat[i].clone() if contested and i is not None else None for i in idx]
+    before = [cur[i].to(work) if contested and i is not None else None for i in idx]
     picked = []  # (indices, values, |delta|) per task with core entries here
-    for task, src, factor, i, b0 in zip(tasks, tasks.values(), factors, idx, before):
-        x = src.read(name, out=_scratch(buffers, "task", nbytes))
-        if i is not None:
-            v = x.view(-1)[i].to(work)
+    for k, (src, factor, i, b0) in enumerate(zip(tasks.values(), factors, idx, before)):
+        y = src.view(name).reshape(-1)
+        ca, cb = _slerp_coefficients(cur, y, factor, work=work)
+        if i is not None:  # gathered once the pass above has mapped y's pages in order
+            v = y[i].to(work)
             picked.append((i, v, (v - b0).abs() if contested else None))
-        _slerp_(acc, x, factor)
-        del x
-    shared = 0
-    if len(picked) == 1:
-        flat[picked[0][0]] = picked[0][1]
-    elif picked:
-        i_all = torch.cat([p[0] for p in picked])
-        v_all = torch.cat([p[1] for p in picked])
-        d_all = torch.cat([p[2] for p in picked])
-        # largest |delta| first, then stable by index: the first row of each index wins
-        order = torch.sort(d_all, descending=True, stable=True).indices
-        order = order[torch.sort(i_all[order], stable=True).indices]
-        i_sorted = i_all[order]
-        first = torch.ones_like(i_sorted, dtype=torch.bool)
-        first[1:] = i_sorted[1:] != i_sorted[:-1]
-        shared = int(i_sorted.numel() - first.sum())
-        flat[i_sorted[first]] = v_all[order][first]
-    return acc.to(b.dtype), shared
+        if k == len(tasks) - 1:
+            break
+        acc = _buffer(scratch, "acc", n, work)
+        for start, stop in _blocks(n):
+            _combine_block(acc[start:stop], cur[start:stop], y[start:stop], ca, cb)
+        cur = acc  # the base's (or the previous task's) mapping is released here
+    core_idx, core_val, shared = _winners(picked) if picked else (torch.empty(0, dtype=torch.long), None, 0)
+    blocks = _blocks(n)
+    bounds = torch.searchsorted(core_idx, torch.tensor([start for start, _ in blocks] + [n])).tolist()
+    local = core_idx - torch.repeat_interleave(torch.tensor([start for start, _ in blocks]), torch.tensor(bounds).diff())
+    out = _buffer(scratch, "out", _block_len(n), work)
+    cast = _buffer(scratch, "cast", _block_len(n), dtype) if dtype != work else None  # e.g. bfloat16 output
+    for j, (start, stop) in enumerate(blocks):
+        o = _combine_block(out[: stop - start], cur[start:stop], y[start:stop], ca, cb)
+        lo, hi = bounds[j], bounds[j + 1]
+        if hi > lo:
+            o[local[lo:hi]] = core_val[lo:hi]
+        writer.write_part(o if cast is None else cast[: stop - start].copy_(o))
+    writer.end_tensor(name)
+    return shared
 
 
 def _check_tasks(tasks: Mapping) -> None:
@@ -233,7 +266,7 @@ def fuse_checkpoints(
             tau=tau,
         )
         factors = _schedule(t, len(srcs))
-        buffers = {}  # scratch reused across tensors: a few tensors' worth, whatever the model size
+        scratch = {}  # buffers reused across tensors: two blocks, plus one tensor when fusing several tasks
         with atomic_dir(output_dir, overwrite=overwrite) as tmp:
             for shard in base_ck.shards:
                 names = [n for n, e in base_ck.entries.items() if e.shard == shard]
@@ -243,10 +276,7 @@ def fuse_checkpoints(
                 )
                 try:
                     for n in names:
-                        fused, shared = _fuse_tensor(n, base_ck, srcs, factors, cores, buffers)
-                        result.shared_core_entries += shared
-                        writer.write(n, fused)
-                        del fused
+                        result.shared_core_entries += _fuse_tensor(n, base_ck, srcs, factors, cores, writer, scratch)
                 except BaseException:
                     writer.abort()
                     raise

@@ -5,8 +5,10 @@ the result is a per-tensor SLERP (a per-element SLERP would be meaningless, and 
 row-wise SLERP is a different operation). Nearly colinear pairs (|cos| > `dot_threshold`) fall
 back to linear interpolation, where SLERP is numerically unstable and equal to lerp anyway.
 
-The math runs in float32 (float64 inputs stay float64). `_slerp_` does the same update in place
-on a float accumulator; streaming fusion uses it so that a tensor needs no extra scratch copy.
+The math runs in float32 (float64 inputs stay float64), in blocks of `BLOCK` elements: one blocked
+pass for the three dot products, one for ca * a + cb * b. The streaming fusion uses the same
+pieces (`_slerp_coefficients`, `_combine_block`) block by block, so that no whole-tensor
+temporary is made and each block is read from memory once per pass.
 
     >>> import torch
     >>> from hf_ilp.fusion import slerp
@@ -29,29 +31,53 @@ def _check_t(t) -> float:
     return t
 
 
-_CHUNK = 1 << 22  # elements per partial dot product: few calls, exact enough in float32
+BLOCK = 1 << 16
+"""Elements per block of the blocked passes (256 KiB of float32 per operand: both operands of a
+block stay in a core's L2 cache between the operations on it)."""
 
 
-def _dots(a: torch.Tensor, b: torch.Tensor):
-    """(a.a, b.b, a.b) of flattened tensors, as Python floats.
+def _blocks(n: int):
+    """(start, stop) of the consecutive blocks of n elements."""
+    return [(start, min(start + BLOCK, n)) for start in range(0, n, BLOCK)]
 
-    Whole-tensor float32 reductions lose up to 1e-5 (BLAS dot) or 1e-3 (vector_norm) relative on
-    25M elements; partial dots over 4M-element chunks summed in double precision stay near 1e-6,
-    need no scratch, and keep the number of (threaded) calls small.
+
+def _block_len(n: int) -> int:
+    """Elements of a block buffer for tensors of n elements."""
+    return max(1, min(BLOCK, n))
+
+
+def _as_work(x: torch.Tensor, work: torch.dtype, scratch: torch.Tensor) -> torch.Tensor:
+    """`x` (one block) in the working dtype: itself when it already is, else copied into `scratch`."""
+    if x.dtype == work:
+        return x
+    out = scratch[: x.numel()]
+    return out.copy_(x)
+
+
+def _dots(a: torch.Tensor, b: torch.Tensor, work: torch.dtype = torch.float32):
+    """(a.a, b.b, a.b) of the flattened tensors, as Python floats, in one blocked pass.
+
+    The three dot products of a block run while it is in cache (one read of each tensor from
+    memory instead of three separate reductions); partial sums per block are added in double
+    precision, which keeps the result near 1e-7 relative where a whole-tensor float32 reduction
+    lost up to 1e-3 (`vector_norm`, 25M elements).
     """
     a, b = a.reshape(-1), b.reshape(-1)
+    sa = torch.empty(_block_len(a.numel()), dtype=work) if a.dtype != work else None
+    sb = torch.empty(_block_len(b.numel()), dtype=work) if b.dtype != work else None
     aa = bb = ab = 0.0
-    for start in range(0, a.numel(), _CHUNK):
-        x, y = a[start : start + _CHUNK], b[start : start + _CHUNK]
+    for start, stop in _blocks(a.numel()):
+        x = _as_work(a[start:stop], work, sa)
+        y = _as_work(b[start:stop], work, sb)
         aa += torch.dot(x, x).item()
         bb += torch.dot(y, y).item()
         ab += torch.dot(x, y).item()
     return aa, bb, ab
 
 
-def _slerp_coefficients(a: torch.Tensor, b: torch.Tensor, t: float, dot_threshold: float, eps: float):
+def _slerp_coefficients(a: torch.Tensor, b: torch.Tensor, t: float, dot_threshold: float = DOT_THRESHOLD, eps: float = 1e-8, work: torch.dtype = torch.float32):
     """Coefficients (ca, cb) with slerp(a, b, t) = ca * a + cb * b, from the flattened tensors."""
-    aa, bb, ab = _dots(a, b)
+    aa, bb, ab = _dots(a, b, work)
     norm_a, norm_b = math.sqrt(aa), math.sqrt(bb)
     norm_a = norm_a if norm_a > eps else 1.0
     norm_b = norm_b if norm_b > eps else 1.0
@@ -63,11 +89,17 @@ def _slerp_coefficients(a: torch.Tensor, b: torch.Tensor, t: float, dot_threshol
     return math.sin((1.0 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta
 
 
-def _slerp_(acc: torch.Tensor, b: torch.Tensor, t: float, dot_threshold: float = DOT_THRESHOLD, eps: float = 1e-8):
-    """In place: acc <- slerp(acc, b, t). `acc` must be a float32/float64 tensor; `b` is cast."""
-    b = b.to(acc.dtype)
-    ca, cb = _slerp_coefficients(acc, b, t, dot_threshold, eps)
-    return acc.mul_(ca).add_(b, alpha=cb)
+def _combine_block(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ca: float, cb: float) -> torch.Tensor:
+    """out <- ca * a + cb * b for one block; `out` is in the working dtype, `a` and `b` any float dtype."""
+    if a.dtype == out.dtype:
+        torch.mul(a, ca, out=out)
+    else:
+        out.copy_(a).mul_(ca)
+    return out.add_(b, alpha=cb)
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float, *, dot_threshold: float = DOT_THRESHOLD, eps: float = 1e-8) -> torch.Tensor:
@@ -84,6 +116,9 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float, *, dot_threshold: float = 
         raise ValueError(f"slerp: shapes differ, a {tuple(a.shape)} vs b {tuple(b.shape)}; pass tensors of one shape")
     if not (a.is_floating_point() and b.is_floating_point()):
         raise TypeError(f"slerp: needs floating-point tensors, got {a.dtype} and {b.dtype}")
-    work = torch.float64 if a.dtype == torch.float64 else torch.float32
-    acc = a.to(work, copy=True)
-    return _slerp_(acc, b, t, dot_threshold, eps).to(a.dtype)
+    shape, dtype, work = a.shape, a.dtype, _work_dtype(a.dtype)
+    ca, cb = _slerp_coefficients(a, b, t, dot_threshold, eps, work)
+    out, a, b = torch.empty(a.numel(), dtype=work), a.reshape(-1), b.reshape(-1)
+    for start, stop in _blocks(a.numel()):
+        _combine_block(out[start:stop], a[start:stop], b[start:stop], ca, cb)
+    return out.to(dtype).reshape(shape)
