@@ -3,7 +3,9 @@
 (a) `--part quality`: on `build_multitask_world(size)`, the same SFT budget per method:
     multi-task SFT (all tasks mixed, one run), sequential multi-stage SFT (one stage per task,
     `hf_ilp.training.train_stages`) and CPI-FT (`run_cpi_ft`: probes, cores, groups, fusion,
-    pipelined SFT). Prints per-task exact-match accuracy, the average and the worst task.
+    pipelined SFT), once per `--stage-mix` (stages on each group's rows, or cumulative: on the rows
+    of that group and every earlier one; the probes and the fused model are shared). Prints
+    per-task exact-match accuracy, the average and the worst task.
 
 (b) `--part speed`: two saved random Llama models of ~110M parameters (float32, 4 shards). In one
     process, interleaved, `--repeats` times, medians:
@@ -221,10 +223,11 @@ def bench_speed(root: Path, repeats: int) -> None:
 # ----------------------------------------------------------------------------- (a) quality
 
 
-def bench_quality(root: Path, size: str, seed: int, epochs: float, probe_epochs: float) -> None:
+def bench_quality(root: Path, size: str, seed: int, epochs: float, probe_epochs: float, stage_mixes=("group",)) -> None:
+    from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import SFTTrainer
 
-    from hf_ilp.fusion import CPIFTConfig, run_cpi_ft
+    from hf_ilp.fusion import CPIFTConfig, CPIFTTrainer, load_cores, run_cpi_ft
     from hf_ilp.training import train_stages
     from hf_ilp.world import build_multitask_world
 
@@ -239,43 +242,68 @@ def bench_quality(root: Path, size: str, seed: int, epochs: float, probe_epochs:
     def sft_args(out, **kw):
         return world.sft_config(root / out, num_train_epochs=epochs, **kw)
 
+    steps = {}  # optimizer steps per method (probes included for CPI-FT), counted by a callback
+
+    class _Steps(TrainerCallback):
+        def __init__(self, method):
+            self.method = method
+
+        def on_step_end(self, args, state, control, **kwargs):
+            key = "CPI-FT probes" if Path(args.output_dir).name.startswith("probe-") else self.method
+            steps[key] = steps.get(key, 0) + 1
+
     t0 = time.perf_counter()
     mixed = world.train.remove_columns("stage")
-    trainer = SFTTrainer(model=world.load_base_model(), args=sft_args("multitask"), train_dataset=mixed, processing_class=tok)
+    trainer = SFTTrainer(model=world.load_base_model(), args=sft_args("multitask"), train_dataset=mixed, processing_class=tok,
+                         callbacks=[_Steps("multi-task SFT")])
     trainer.train()
     results["multi-task SFT"] = world.evaluate(trainer.model)
     print(f"multi-task SFT done in {time.perf_counter() - t0:.0f} s: {results['multi-task SFT']}")
 
     t0 = time.perf_counter()
-    trainer = train_stages(world.load_base_model(), tok, world.train, sft_args("sequential"))
+    trainer = train_stages(world.load_base_model(), tok, world.train, sft_args("sequential"), callbacks=[_Steps("sequential SFT")])
     results["sequential SFT"] = world.evaluate(trainer.model)
     print(f"sequential SFT done in {time.perf_counter() - t0:.0f} s: {results['sequential SFT']}")
 
-    t0 = time.perf_counter()
     base_args = sft_args("unused")
     kwargs = {f.name: getattr(base_args, f.name) for f in base_args.__dataclass_fields__.values() if f.init}
-    kwargs.update(output_dir=str(root / "cpi_ft"), cpi_probe_epochs=probe_epochs)
-    cpi_args = CPIFTConfig(**kwargs)
-    trainer, fusion = run_cpi_ft(world.base_model_path, mixed, cpi_args, tok, tasks=world.tasks)
-    results["CPI-FT"] = world.evaluate(trainer.model)
-    print(f"CPI-FT done in {time.perf_counter() - t0:.0f} s: groups {fusion.groups}, overlaps "
-          f"{ {k: round(v, 3) for k, v in fusion.overlaps.items()} }: {results['CPI-FT']}")
-    fused = __import__("transformers").AutoModelForCausalLM.from_pretrained(root / "cpi_ft" / "fused")
-    print(f"(fused model before the pipelined SFT: {world.evaluate(fused)})")
+    cpi_methods = []
+    for mix in stage_mixes:
+        t0 = time.perf_counter()
+        method = "CPI-FT" if mix == "group" else f"CPI-FT {mix}"
+        cpi_args = CPIFTConfig(**{**kwargs, "output_dir": str(root / f"cpi_ft-{mix}"), "cpi_probe_epochs": probe_epochs, "cpi_stage_mix": mix})
+        if not cpi_methods:  # probes and fusion once; further stage mixes start from the same fused model
+            trainer, fusion = run_cpi_ft(world.base_model_path, mixed, cpi_args, tok, tasks=world.tasks, callbacks=[_Steps(method)])
+            fused_dir = root / f"cpi_ft-{mix}" / "fused"
+            print(f"CPI-FT probes and fusion: groups {fusion.groups}, overlaps { {k: round(v, 3) for k, v in fusion.overlaps.items()} }")
+            fused = AutoModelForCausalLM.from_pretrained(fused_dir)
+            print(f"(fused model before the pipelined SFT: {world.evaluate(fused)})")
+        else:
+            trainer = CPIFTTrainer(model=AutoModelForCausalLM.from_pretrained(fused_dir), args=cpi_args, train_dataset=mixed,
+                                   processing_class=tok, groups=fusion.groups, cores=load_cores(fused_dir), callbacks=[_Steps(method)])
+            trainer.train()
+        results[method] = world.evaluate(trainer.model)
+        cpi_methods.append(method)
+        print(f"{method} (stages on the {mix} mix) done in {time.perf_counter() - t0:.0f} s: {results[method]}")
 
     print()
-    print(f"{'method':<16} " + " ".join(f"{t:>8}" for t in world.tasks) + f" {'average':>8} {'worst':>8}")
+    print(f"{'method':<18} " + " ".join(f"{t:>8}" for t in world.tasks) + f" {'average':>8} {'worst':>8} {'steps':>6}")
     summary = {}
     for method, acc in results.items():
         vals = [acc[t] for t in world.tasks]
         summary[method] = (sum(vals) / len(vals), min(vals))
-        print(f"{method:<16} " + " ".join(f"{acc[t]:>8.3f}" for t in world.tasks) + f" {summary[method][0]:>8.3f} {summary[method][1]:>8.3f}")
-    best_avg = max(v[0] for k, v in summary.items() if k != "CPI-FT")
-    worst_base = min(v[1] for k, v in summary.items() if k != "CPI-FT")
-    avg, worst = summary["CPI-FT"]
-    print(f"CPI-FT average {avg:.3f} vs best baseline {best_avg:.3f} ({'met' if avg >= best_avg else 'NOT met'}); "
-          f"worst task {worst:.3f} vs baselines' worst {worst_base:.3f} ({'met' if worst >= worst_base else 'NOT met'})")
-    print(f"CPI-FT average / best baseline average: {avg / best_avg if best_avg else float('nan'):.3f}")
+        n_steps = steps.get(method, 0) + (steps.get("CPI-FT probes", 0) if method in cpi_methods else 0)
+        print(f"{method:<18} " + " ".join(f"{acc[t]:>8.3f}" for t in world.tasks)
+              + f" {summary[method][0]:>8.3f} {summary[method][1]:>8.3f} {n_steps:>6}")
+    print("(steps: optimizer steps of the method, CPI-FT's probes included)")
+    best_avg = max(v[0] for k, v in summary.items() if k not in cpi_methods)
+    worst_base = min(v[1] for k, v in summary.items() if k not in cpi_methods)
+    for method in cpi_methods:
+        avg, worst = summary[method]
+        print(f"{method} average {avg:.3f} vs best baseline {best_avg:.3f} ({'met' if avg >= best_avg else 'NOT met'}); "
+              f"worst task {worst:.3f} vs baselines' worst {worst_base:.3f} ({'met' if worst >= worst_base else 'NOT met'})")
+    for method in cpi_methods:
+        print(f"{method} average / best baseline average: {summary[method][0] / best_avg if best_avg else float('nan'):.3f}")
 
 
 def main(argv=None) -> None:
@@ -290,6 +318,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=float, default=None, help="epochs of each SFT run / stage (default: the world's budget)")
     parser.add_argument("--probe-epochs", type=float, default=None, help="epochs of each CPI-FT probe (default: --epochs)")
+    parser.add_argument("--stage-mix", nargs="+", choices=["group", "cumulative"], default=["group", "cumulative"],
+                        help="CPI-FT stage mixes to compare (probes and fusion are shared)")
     args = parser.parse_args(argv)
     # tmpfs when there is one: the disk's write-back throttling would otherwise decide the times
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -297,7 +327,7 @@ def main(argv=None) -> None:
     root.mkdir(parents=True, exist_ok=True)
     try:
         if args.part in ("quality", "all"):
-            bench_quality(root / "quality", args.size, args.seed, args.epochs, args.probe_epochs)
+            bench_quality(root / "quality", args.size, args.seed, args.epochs, args.probe_epochs, args.stage_mix)
         if args.part in ("speed", "all"):
             bench_speed(root / "speed", args.repeats)
     finally:

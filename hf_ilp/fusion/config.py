@@ -34,6 +34,12 @@ class CPIFTConfig(SFTConfig):
         metadata={"help": "t: weight of the probe models against the base for non-core entries when fusing "
                   "(per-tensor SLERP), in [0, 1]."},
     )
+    cpi_stage_mix: str = field(
+        default="group",
+        metadata={"help": "Rows of each pipelined SFT stage: 'group' (the tasks of that stage's group) or 'cumulative' "
+                  "(the tasks of that group and of every earlier group: earlier tasks are rehearsed while their cores "
+                  "stay frozen).", "choices": ["group", "cumulative"]},
+    )
     cpi_probe_epochs: float | None = field(
         default=None, metadata={"help": "Epochs of each probe fine-tune (unset: num_train_epochs)."}
     )
@@ -46,6 +52,8 @@ class CPIFTConfig(SFTConfig):
             raise ValueError(f"cpi_jaccard_tau must lie in [0, 1], got {self.cpi_jaccard_tau!r}")
         if not 0.0 <= self.cpi_slerp_t <= 1.0:
             raise ValueError(f"cpi_slerp_t must lie in [0, 1], got {self.cpi_slerp_t!r}")
+        if self.cpi_stage_mix not in ("group", "cumulative"):
+            raise ValueError(f"cpi_stage_mix must be 'group' or 'cumulative', got {self.cpi_stage_mix!r}")
         if self.cpi_probe_epochs is not None and self.cpi_probe_epochs <= 0:
             raise ValueError(f"cpi_probe_epochs must be > 0 or unset, got {self.cpi_probe_epochs!r}")
         if self.packing:

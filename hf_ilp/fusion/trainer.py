@@ -3,10 +3,11 @@
 - `train_probes(base, dataset, args, tokenizer)`: one `SFTTrainer` per task, each from a fresh
   copy of the base, saved as `args.output_dir/probe-<task>` (safetensors) for `core_regions`.
 - `CPIFTTrainer(SFTTrainer)`: trains the (fused) model on the task groups one after another,
-  each stage on the mixed rows of its group's tasks, with the core regions of every earlier
-  group frozen by update masking (`hf_ilp.isolation.masks.UpdateMasker`: the entries are
-  restored bit for bit after every optimizer step and their momentum is zeroed, so AdamW's
-  momentum and weight decay cannot move them). Each stage gets a fresh optimizer and scheduler
+  each stage on the mixed rows of its group's tasks (`cpi_stage_mix="cumulative"`: of its own
+  and every earlier group's tasks), with the core regions of every earlier group frozen by
+  update masking (`hf_ilp.isolation.masks.UpdateMasker`: the entries are restored bit for bit
+  after every optimizer step and their momentum is zeroed, so AdamW's momentum and weight decay
+  cannot move them). Each stage gets a fresh optimizer and scheduler
   and writes to `args.output_dir/stage-K`; callbacks see one on_train_begin/on_train_end per
   stage, as with `hf_ilp.training.train_stages`.
 - `run_cpi_ft(...)`: the whole method: probes -> cores -> groups -> fusion -> `CPIFTTrainer`.
@@ -146,16 +147,18 @@ class CPIFTTrainer(SFTTrainer):
         output = None
         root = self.args.output_dir
         # the trainer's accelerator is bound to these args: only the output folder changes per stage
+        cumulative = getattr(self.args, "cpi_stage_mix", "group") == "cumulative"
         for stage, group in enumerate(self.groups):
             self.stage = stage
             self.args.output_dir = os.path.join(root, f"stage-{stage}")
-            self.train_dataset = _rows_of(self._all_rows, self._column, group)
+            tasks = [t for g in self.groups[: stage + 1] for t in g] if cumulative else group
+            self.train_dataset = _rows_of(self._all_rows, self._column, tasks)
             frozen = self.frozen_masks(stage)
             self._masker.set_masks(frozen)
             self.optimizer, self.lr_scheduler = None, None
             logger.info(
                 "CPI-FT stage %d/%d: tasks %s, %d rows, %d frozen entries",
-                stage + 1, len(self.groups), group, len(self.train_dataset), sum(m.count for m in frozen.values()),
+                stage + 1, len(self.groups), tasks, len(self.train_dataset), sum(m.count for m in frozen.values()),
             )
             try:
                 output = super().train(**kwargs)

@@ -40,13 +40,17 @@ def tiny():
 
 class _StageEnds(TrainerCallback):
     def __init__(self, watch):
-        self.watch, self.values = watch, []
+        self.watch, self.values, self.rows = watch, [], []
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        self.rows.append(len(train_dataloader.dataset))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.values.append({n: p.detach().reshape(-1).clone() for n, (p, i) in self.watch(model).items()})
 
 
-def test_earlier_groups_cores_do_not_move_at_all(tiny, tmp_path):
+@pytest.mark.parametrize("mix", ["group", "cumulative"])
+def test_earlier_groups_cores_do_not_move_at_all(tiny, tmp_path, mix):
     tok, base = tiny
     model = LlamaForCausalLM(base.config)
     model.load_state_dict(base.state_dict())
@@ -62,12 +66,14 @@ def test_earlier_groups_cores_do_not_move_at_all(tiny, tmp_path):
 
     ends = _StageEnds(watch)
     trainer = CPIFTTrainer(
-        model=model, args=_args(tmp_path), train_dataset=_data(), processing_class=tok,
+        model=model, args=_args(tmp_path, cpi_stage_mix=mix), train_dataset=_data(), processing_class=tok,
         groups=[["up"], ["down"]], cores=cores, callbacks=[ends],
     )
     start = {n: p.detach().clone() for n, p in params.items()}
     trainer.train()
     assert len(ends.values) == 2  # one on_train_end per stage
+    # stage 1 trains on "down" alone, or (cumulative) on "up" and "down" while up's core stays frozen
+    assert ends.rows == ([16, 16] if mix == "group" else [16, 32])
     stage0, stage1 = ends.values
     moved_in_stage0 = sum(int((stage0[n][i] != start[n].reshape(-1)[i]).sum()) for n, i in frozen_idx.items())
     assert moved_in_stage0 > 0.9 * sum(i.numel() for i in frozen_idx.values())  # free in its own stage
@@ -97,6 +103,8 @@ def test_bad_task_setup_is_refused(tiny, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before anything was written
     with pytest.raises(ValueError, match="cpi_slerp_t"):
         _args(tmp_path, cpi_slerp_t=2.0)
+    with pytest.raises(ValueError, match="cpi_stage_mix"):
+        _args(tmp_path, cpi_stage_mix="all")
 
 
 def test_run_cpi_ft_end_to_end(tiny, tmp_path):
