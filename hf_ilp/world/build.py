@@ -32,23 +32,23 @@ from hf_ilp.world.generate import WorldSpec, generate
 
 logger = logging.getLogger(__name__)
 
-WORLD_VERSION = "1"
+WORLD_VERSION = "2"
 SPLITS = ("train", "validation", "corpus", "probes")
 
 SIZES = {
     "tiny": WorldSpec(
         entities=24, values_per_relation=12, missing=8, validation_missing=4, conflict=8, inconsistent_pairs=4,
-        forgetting=12, retarget=10, profiles=6, normal_stage0=30, normal_stage1=10, validation_normal=10,
+        forgetting=12, retarget=10, profiles=6, normal_stage0=6, normal_stage1=34, validation_normal=10,
         statement_repeats=6, qa_repeats=3, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
         pretrain_epochs=20, pretrain_batch_size=32, pretrain_learning_rate=3e-3,
-        sft_epochs=3, sft_learning_rate=5e-4, sft_batch_size=16,
+        sft_epochs=3, sft_learning_rate=4e-4, sft_batch_size=16,
     ),
     "small": WorldSpec(
         entities=64, values_per_relation=24, missing=20, validation_missing=10, conflict=20, inconsistent_pairs=10,
-        forgetting=20, retarget=24, profiles=16, normal_stage0=80, normal_stage1=30, validation_normal=30,
+        forgetting=20, retarget=24, profiles=16, normal_stage0=30, normal_stage1=80, validation_normal=30,
         statement_repeats=6, qa_repeats=3, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
         pretrain_epochs=30, pretrain_batch_size=32, pretrain_learning_rate=2e-3,
-        sft_epochs=3, sft_learning_rate=5e-4, sft_batch_size=16,
+        sft_epochs=3, sft_learning_rate=4e-4, sft_batch_size=16,
     ),
 }
 

@@ -16,6 +16,13 @@ the world is constructed, never by a label alone (the label `world_cause` only r
   which the default SFT budget does not fit but a longer one does.
 
 Normal samples (`world_cause == ""`) ask facts the corpus states, in the QA formats it uses.
+
+Stages: the samples of missing_knowledge, knowledge_conflict and data_inconsistency sit in the
+last stage, so no later stage can overwrite them: a sample of one of these causes that was
+learned in an earlier stage and lost in a later one would show left-side forgetting as well,
+and its planted label would no longer name the one cause behind it. Stage 0 holds the
+forgetting samples, the one-off profiles (under_training; a profile in the last stage leaks its
+multi-token answers into the QA format) and a share of the normal samples.
 """
 
 import random
@@ -153,19 +160,20 @@ def generate(spec: WorldSpec, seed: int, complete_knowledge: bool = False) -> Wo
         add(_qa(fact[1], fact[0], facts[fact], rng.randrange(2)), 0, "", [(*fact, facts[fact])])
     for fact in normal1:
         add(_qa(fact[1], fact[0], facts[fact], rng.randrange(2)), 1, "", [(*fact, facts[fact])])
+    last = 1  # the last stage (see the module docstring)
     for fact in missing:
-        add(_qa(fact[1], fact[0], facts[fact], rng.randrange(2)), 0, "missing_knowledge", [(*fact, facts[fact])])
+        add(_qa(fact[1], fact[0], facts[fact], rng.randrange(2)), last, "missing_knowledge", [(*fact, facts[fact])])
     sft_values = {}  # facts the SFT set states with a value other than the corpus's
     for fact in conflict:
         value = other_value(fact)
         sft_values[fact] = value
-        add(_qa(fact[1], fact[0], value, rng.randrange(2)), 0, "knowledge_conflict", [(*fact, value)])
+        add(_qa(fact[1], fact[0], value, rng.randrange(2)), last, "knowledge_conflict", [(*fact, value)])
     for i, fact in enumerate(pairs):
         wrong = other_value(fact)
         first = rng.randrange(2)
         second = first if i % 2 == 0 else 1 - first  # even pairs verbatim, odd pairs paraphrased
-        add(_qa(fact[1], fact[0], facts[fact], first), 0, "data_inconsistency", [(*fact, facts[fact])])
-        add(_qa(fact[1], fact[0], wrong, second), 0, "data_inconsistency", [(*fact, wrong)])
+        add(_qa(fact[1], fact[0], facts[fact], first), last, "data_inconsistency", [(*fact, facts[fact])])
+        add(_qa(fact[1], fact[0], wrong, second), last, "data_inconsistency", [(*fact, wrong)])
     for fact in forgetting:
         row = {"prompt": AMBIGUOUS.format(ent=fact[0]), "completion": f" {facts[fact]}"}
         add(row, 0, "forgetting", [(*fact, facts[fact])])

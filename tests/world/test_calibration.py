@@ -40,7 +40,7 @@ def _learned_share(dataset, flags, cause, stage=None):
     return sum(picked) / len(picked)
 
 
-def _assert_calibrated(world, ends):
+def _assert_calibrated(world, ends, stage0_survival=0.9):
     train = world.train
     final = unlearned_by_cause(train, ends.flags[-1])
     for cause in CAUSES:
@@ -48,8 +48,9 @@ def _assert_calibrated(world, ends):
     assert final[""]["unlearned"] / final[""]["total"] <= 0.05, final
     # forgetting: learned at the end of stage 0 (i.e. without the second stage), lost at the end
     assert _learned_share(train, ends.flags[0], "forgetting") >= MOST, final
-    # ordinary stage-0 samples survive the second stage
-    assert _learned_share(train, ends.flags[-1], "", stage=0) >= 0.9
+    # ordinary stage-0 samples survive the second stage (the tiny world has only 6 of them: one
+    # lost sample is 17%, so it is held to "most" and the small world to 90%)
+    assert _learned_share(train, ends.flags[-1], "", stage=0) >= stage0_survival
     return final
 
 
@@ -62,7 +63,7 @@ def test_calibration_and_forgetting(tiny_world, default_run):
     ends, trainer = default_run
     assert ends.begins == 2 and len(ends.flags) == 2  # one trainer per stage, same callback instance
     assert trainer.args.output_dir.endswith("stage-1")
-    _assert_calibrated(tiny_world, ends)
+    _assert_calibrated(tiny_world, ends, stage0_survival=MOST)
 
 
 def _wrong_member_ids(world):
