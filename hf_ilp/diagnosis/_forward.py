@@ -5,6 +5,8 @@ signals need (METHODS 1.1: greedy reproduction under teacher forcing is an argma
 - `gm_p`: geometric mean probability of the completion's tokens (length-normalized knowledge);
 - `p_seq`: probability of the whole completion (sampling at T=1 reproduces it with this chance);
 - `exact`: greedy decoding reproduces the completion;
+- `min_p`: the smallest probability among the completion's tokens (for a reproduced completion,
+  how firmly the model holds its least certain step);
 - `alt_prob`: at the first completion position where the greedy token is not the target, the
   probability of that greedy token (0 when greedy reproduces the target): how firmly the model
   prefers another answer;
@@ -29,7 +31,7 @@ from tqdm.auto import tqdm
 def teacher_forced_stats(model, sequences, batch_size=16, pad_id=0, other=None, desc="forward", progress=True):
     """Per-sample statistics of `model` (and `other`, compared with it) on (prompt_ids, completion_ids)."""
     n = len(sequences)
-    out = {k: np.full(n, np.nan) for k in ("gm_p", "p_seq", "exact", "alt_prob", "alt_token")}
+    out = {k: np.full(n, np.nan) for k in ("gm_p", "p_seq", "exact", "min_p", "alt_prob", "alt_token")}
     if other is not None:
         out.update({k: np.full(n, np.nan) for k in ("jsd", "other_gm_p", "follows_alt")})
     if n == 0:
@@ -56,6 +58,7 @@ def teacher_forced_stats(model, sequences, batch_size=16, pad_id=0, other=None, 
                 out["gm_p"][i] = math.exp(gold.mean().item())
                 out["p_seq"][i] = math.exp(gold.sum().item())
                 out["exact"][i] = float(len(wrong) == 0)
+                out["min_p"][i] = math.exp(gold.min().item())
                 div = int(wrong[0, 0]) if len(wrong) else None
                 out["alt_prob"][i] = math.exp(top_p[div].item()) if div is not None else 0.0
                 if div is not None:

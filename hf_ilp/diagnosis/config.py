@@ -48,7 +48,26 @@ class DiagnoserConfig:
         default=0.5,
         metadata={"help": "The base model confidently prefers another answer when, at the first completion "
                   "token where its greedy choice leaves the target, it puts at least this probability on "
-                  "its own choice (a majority of its mass on one other answer)."},
+                  "its own choice (a majority of its mass on one other answer). A floor: with enough "
+                  "calibration rows the bar rises to how firmly the base holds what it knows (below)."},
+    )
+    known_confidence_quantile: float = field(
+        default=0.1,
+        metadata={"help": "Calibration of 'confident' against the base model itself: an alternative answer is a "
+                  "belief only when the base holds it at least as firmly as this quantile of its confidence on "
+                  "answers it demonstrably knows (rows, or their probes, that it reproduces greedily; the "
+                  "least probable token of each). Small models guess unseen facts with 0.7-0.9 while holding "
+                  "their knowledge at 0.99; a fixed bar cannot tell the two apart across models."},
+    )
+    calibration_rows: int = field(
+        default=256,
+        metadata={"help": "Rows (a seeded sample of the dataset) the base model reads to calibrate its "
+                  "confidence; 0 turns the calibration off (the bar is then confident_alternative_prob)."},
+    )
+    min_known_rows: int = field(
+        default=20,
+        metadata={"help": "Known rows the calibration needs; with fewer, confident_alternative_prob is the bar "
+                  "and the summary says so."},
     )
 
     # data_inconsistency ----------------------------------------------------------------------
@@ -76,7 +95,13 @@ class DiagnoserConfig:
     )
 
     # forgetting --------------------------------------------------------------------------------
-    # (direct observation: no threshold; see hf_ilp.diagnosis.forgetting)
+    forgetting_min_share: float = field(
+        default=0.5,
+        metadata={"help": "Within one stage (or without stages), a sample counts as learned and then forgotten "
+                  "when the model reproduced it at no less than this share of the observations from the first "
+                  "one that reproduced it to the final one. Forgetting across stages (learned while an earlier "
+                  "stage was trained, lost at the end) needs no threshold."},
+    )
 
     # under_training ----------------------------------------------------------------------------
     falling_loss: float = field(
@@ -103,13 +128,17 @@ class DiagnoserConfig:
 
     def __post_init__(self):
         for name in ("unknown_prob", "confident_alternative_prob", "duplicate_similarity",
-                     "duplicate_shared_words", "rare_template_quantile", "min_score"):
+                     "duplicate_shared_words", "rare_template_quantile", "min_score", "forgetting_min_share",
+                     "known_confidence_quantile"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ValueError(f"DiagnoserConfig.{name} must lie strictly between 0 and 1, got {value!r}")
         for name in ("score_sharpness", "falling_loss", "long_target_ratio"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"DiagnoserConfig.{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("calibration_rows", "min_known_rows"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
+                raise ValueError(f"DiagnoserConfig.{name} must be a non-negative integer, got {getattr(self, name)!r}")
         for name in ("num_neighbors", "batch_size", "encoder_batch_size"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"DiagnoserConfig.{name} must be a positive integer, got {getattr(self, name)!r}")

@@ -15,6 +15,12 @@ precedence, most direct evidence first, among the causes whose score reaches `mi
     4. missing_knowledge   the base model does not know the answer at all
     5. under_training      never learned while the loss still fell, or a rare template / long target
 
+Forgetting observed within one stage only (learned and lost while the sample's own data was still
+being trained) is a symptom: something in that same data pulled the sample away, and a
+near-duplicate prompt with another answer is exactly such a pull. So for those samples
+data_inconsistency comes first (`OBSERVATION_PRECEDENCE`); forgetting across stages (learned while
+an earlier stage was trained, lost in a later one) keeps first place.
+
 The first supported cause wins; `runner_up` is the next supported cause in that order, or, when
 only one (or none) is supported, the best-scoring other cause, with its score, so that a reader
 sees what else the evidence pointed to. A sample with no supported cause is `unexplained`.
@@ -46,7 +52,9 @@ from hf_ilp.diagnosis.under_training import under_training_signal
 
 #: Verdict order when several causes are supported (most direct evidence first; METHODS 1.5).
 PRECEDENCE = ("forgetting", "data_inconsistency", "knowledge_conflict", "missing_knowledge", "under_training")
-assert sorted(PRECEDENCE) == sorted(CAUSES)
+#: The order for a sample whose forgetting was observed within one stage only (see the module docstring).
+OBSERVATION_PRECEDENCE = ("data_inconsistency", "forgetting", "knowledge_conflict", "missing_knowledge", "under_training")
+assert sorted(PRECEDENCE) == sorted(CAUSES) == sorted(OBSERVATION_PRECEDENCE)
 
 _RECORD_COLUMNS = ("id", "exact", "nll")
 
@@ -97,11 +105,17 @@ class Diagnoser:
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
             base = teacher_forced_stats(base_model, sequences, cfg.batch_size, pad, other=model,
                                         desc="base vs fine-tuned", progress=cfg.progress)
-            probe_stats = self._probe_stats(probes, base_model, tokenizer, [samples.ids[i] for i in unlearned], pad, notes)
+            probe_pairs = _probe_pairs(probes)
+            probe_stats = None
+            if probe_pairs is not None:
+                probe_stats = self._probe_stats(probe_pairs, base_model, tokenizer, [samples.ids[i] for i in unlearned], pad)
+                covered = int((~np.isnan(probe_stats["gm_p"])).sum())
+                notes.append(f"prerequisite probes read for {covered} of {q} unlearned samples")
+            belief_bar = self._belief_bar(samples, probe_pairs, base_model, tokenizer, pad, notes)
             timings["models_s"] = time.perf_counter() - t
-            scores["missing_knowledge"], ev = missing_knowledge_signal(base, cfg, probe_stats)
+            scores["missing_knowledge"], ev = missing_knowledge_signal(base, cfg, probe_stats, belief_bar)
             evidence.update(ev)
-            scores["knowledge_conflict"], ev = knowledge_conflict_signal(base, cfg, probe_stats)
+            scores["knowledge_conflict"], ev = knowledge_conflict_signal(base, cfg, probe_stats, belief_bar)
             evidence.update(ev)
 
             # data structure: near-duplicate prompts with other answers, template density
@@ -117,7 +131,7 @@ class Diagnoser:
 
             # training dynamics: forgetting, under-training
             rows = [rec[i] for i in unlearned]
-            scores["forgetting"], ev = forgetting_signal(rows)
+            scores["forgetting"], ev = forgetting_signal(rows, cfg)
             evidence.update(ev)
             rank = _rank_share(density)[unlearned]
             lengths = np.array([float(row.get("n_completion_tokens") or len(seq[1]))
@@ -125,11 +139,16 @@ class Diagnoser:
             ratio = lengths[unlearned] / max(np.median(lengths), 1.0)
             scores["under_training"], ev = under_training_signal(rows, rank, ratio, cfg)
             evidence.update(ev)
+        else:
+            belief_bar = None
         timings["encoder_s"] = encoder_s
         timings["total_s"] = time.perf_counter() - t0
         report = DiagnosisReport.from_rows(
             self._rows(samples, rec, learned, unlearned, scores, evidence, cfg.min_score),
-            settings={**cfg.to_dict(), "precedence": list(PRECEDENCE), "encoder": encoder},
+            settings={**cfg.to_dict(), "precedence": list(PRECEDENCE), "encoder": encoder,
+                      "belief_bar": cfg.confident_alternative_prob if belief_bar is None else belief_bar,
+                      "belief_bar_calibrated": belief_bar is not None,
+                      "observation_precedence": list(OBSERVATION_PRECEDENCE)},
             notes=notes,
         )
         report.summary["timings"] = timings
@@ -153,34 +172,63 @@ class Diagnoser:
                                 progress=self.config.progress)
         return np.array([bool(x) for x in checked["exact"]])
 
-    def _probe_stats(self, probes, base_model, tokenizer, ids, pad, notes):
-        if probes is None:
-            return None
-        missing = [c for c in ("id", "probe_prompts", "probe_completions") if c not in probes.column_names]
-        if missing:
-            raise ValueError(f"probes lack columns {missing}; expected 'id', 'probe_prompts', 'probe_completions'")
-        by_id = {str(r["id"]): (r["probe_prompts"], r["probe_completions"]) for r in probes}
+    def _probe_stats(self, probe_pairs, base_model, tokenizer, ids, pad):
+        """The base model on the probes of the samples `ids`, per sample: mean `gm_p` and `alt_prob`
+        over its probes, and the least `exact` / `min_p` (all probes reproduced, the least firm
+        step); NaN for a sample without probes."""
         pairs, owner = [], []
         for k, sid in enumerate(ids):
-            prompts, completions = by_id.get(sid, ([], []))
-            if len(prompts) != len(completions):
-                raise ValueError(f"probes for sample {sid!r}: {len(prompts)} prompts but {len(completions)} completions")
-            pairs += list(zip(prompts, completions))
-            owner += [k] * len(prompts)
-        out = {k: np.full(len(ids), np.nan) for k in ("gm_p", "alt_prob")}
+            found = probe_pairs.get(sid, ())
+            pairs += found
+            owner += [k] * len(found)
+        out = {k: np.full(len(ids), np.nan) for k in ("gm_p", "alt_prob", "exact", "min_p")}
         if not pairs:
-            notes.append("probes were given but none matches an unlearned sample's id")
             return out
         stats = teacher_forced_stats(base_model, tokenize_pairs(tokenizer, *zip(*pairs)), self.config.batch_size, pad,
                                      desc="base on probes", progress=self.config.progress)
         owner = np.asarray(owner)
-        for key in out:
+        counts = np.bincount(owner, minlength=len(ids))
+        for key in ("gm_p", "alt_prob"):
             sums = np.bincount(owner, weights=stats[key], minlength=len(ids))
-            counts = np.bincount(owner, minlength=len(ids))
             out[key] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-        covered = int((np.bincount(owner, minlength=len(ids)) > 0).sum())
-        notes.append(f"prerequisite probes read for {covered} of {len(ids)} unlearned samples")
+        for key in ("exact", "min_p"):
+            np.fmin.at(out[key], owner, stats[key])
         return out
+
+    def _belief_bar(self, samples, probe_pairs, base_model, tokenizer, pad, notes):
+        """How firmly the base must hold an alternative answer for it to count as a belief (None:
+        not calibrated, the fixed `confident_alternative_prob` and the survival test decide).
+
+        The base reads a seeded sample of the rows where knowledge is asked plainly (a row's
+        probes when it has some, else its own target); the rows it reproduces are what it
+        demonstrably knows, and the `known_confidence_quantile` of their least firm token
+        probability is the bar, never below `confident_alternative_prob`.
+        """
+        cfg = self.config
+        floor = cfg.confident_alternative_prob
+        n = len(samples.ids)
+        if not cfg.calibration_rows or not n:
+            return None
+        pick = np.sort(np.random.default_rng(0).choice(n, size=min(n, cfg.calibration_rows), replace=False))
+        ids = [samples.ids[i] for i in pick]
+        stats = {"exact": np.full(len(pick), np.nan), "min_p": np.full(len(pick), np.nan)}
+        if probe_pairs is not None:
+            stats = self._probe_stats(probe_pairs, base_model, tokenizer, ids, pad)
+        plain = np.flatnonzero(np.isnan(stats["exact"]))
+        if len(plain):
+            own = teacher_forced_stats(base_model, [samples.sequences[pick[k]] for k in plain], cfg.batch_size, pad,
+                                       desc="base calibration", progress=cfg.progress)
+            for key in ("exact", "min_p"):
+                stats[key][plain] = own[key]
+        known = stats["min_p"][stats["exact"] == 1.0]
+        if len(known) < cfg.min_known_rows:
+            notes.append(f"belief bar {floor:g} (confident_alternative_prob): the base reproduces only {len(known)} "
+                         f"of {len(pick)} calibration rows, fewer than min_known_rows={cfg.min_known_rows}")
+            return None
+        bar = max(floor, float(np.quantile(known, cfg.known_confidence_quantile)))
+        notes.append(f"belief bar {bar:.3g}: quantile {cfg.known_confidence_quantile:g} of the base's confidence on "
+                     f"the {len(known)} of {len(pick)} calibration rows it reproduces (floor {floor:g})")
+        return bar
 
     @staticmethod
     def _rows(samples, rec, learned, unlearned, scores, evidence, min_score):
@@ -195,7 +243,8 @@ class Diagnoser:
             k = position.get(i)
             if k is not None:
                 s = {c: float(scores[c][k]) for c in CAUSES}
-                row.update(_verdict(s, min_score))
+                across_stages = not np.isnan(evidence["forgot_stage"][k])
+                row.update(_verdict(s, min_score, PRECEDENCE if across_stages else OBSERVATION_PRECEDENCE))
             for c in PRECEDENCE:
                 row[f"score_{c}"] = float(scores[c][k]) if k is not None else float("nan")
             for name in ev_names:
@@ -217,21 +266,37 @@ def diagnose(model, base_model, tokenizer, dataset, records, probes=None, config
                                       base_tokenizer=base_tokenizer)
 
 
-def _verdict(scores: dict, min_score: float) -> dict:
-    """Cause, confidence, runner-up and its score from per-cause scores, by PRECEDENCE.
+def _verdict(scores: dict, min_score: float, order=PRECEDENCE) -> dict:
+    """Cause, confidence, runner-up and its score from per-cause scores, by `order`.
 
     An unexplained sample's confidence is 1 - its best cause score (how clearly nothing fits).
     """
-    supported = [c for c in PRECEDENCE if scores[c] >= min_score]
+    supported = [c for c in order if scores[c] >= min_score]
     if supported:
         cause = supported[0]
-        others = supported[1:] or sorted((c for c in PRECEDENCE if c != cause), key=lambda c: -scores[c])
+        others = supported[1:] or sorted((c for c in order if c != cause), key=lambda c: -scores[c])
     else:
         cause = UNEXPLAINED
-        others = sorted(PRECEDENCE, key=lambda c: -scores[c])
+        others = sorted(order, key=lambda c: -scores[c])
     runner = others[0]
     return {"cause": cause, "confidence": scores[cause] if cause != UNEXPLAINED else 1.0 - max(scores.values()),
             "runner_up": runner, "runner_up_confidence": scores[runner]}
+
+
+def _probe_pairs(probes):
+    """{sample id: [(probe prompt, probe completion), ...]} from a probes Dataset, or None."""
+    if probes is None:
+        return None
+    missing = [c for c in ("id", "probe_prompts", "probe_completions") if c not in probes.column_names]
+    if missing:
+        raise ValueError(f"probes lack columns {missing}; expected 'id', 'probe_prompts', 'probe_completions'")
+    out = {}
+    for row in probes:
+        prompts, completions = row["probe_prompts"], row["probe_completions"]
+        if len(prompts) != len(completions):
+            raise ValueError(f"probes for sample {row['id']!r}: {len(prompts)} prompts but {len(completions)} completions")
+        out[str(row["id"])] = list(zip(prompts, completions))
+    return out
 
 
 def _load_records(records):

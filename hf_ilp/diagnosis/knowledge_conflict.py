@@ -2,8 +2,8 @@
 
 The score is the paper's first criterion, measured on the completion: the base answers otherwise
 with confidence (`base_alt_prob`, its probability for its own choice at the first token where it
-leaves the target, at least `confident_alternative_prob`; read on the sample's prerequisite
-probes when it has some), and that answer is a belief, not a guess: the fine-tuned model still
+leaves the target, at least the calibrated belief bar, see `missing_knowledge`; read on the
+sample's prerequisite probes when it has some), and that answer is a belief, not a guess: the fine-tuned model still
 prefers it (`ft_follows_base`; see `missing_knowledge` for why a guess does not count).
 
 The paper's second criterion, JSD(P_base, P_sft) > 0.3, is reported as evidence (`jsd_base_ft`,
@@ -21,8 +21,8 @@ from __future__ import annotations
 from hf_ilp.diagnosis.missing_knowledge import belief_score
 
 
-def knowledge_conflict_signal(base, config, probes=None):
+def knowledge_conflict_signal(base, config, probes=None, belief_bar=None):
     """Score (n,) and evidence columns of "the base confidently knows something else"."""
-    score = belief_score(base, config, probes)
+    score = belief_score(base, config, probes, belief_bar)
     evidence = {"jsd_base_ft": base["jsd"], "ft_gold_prob": base["other_gm_p"], "ft_follows_base": base["follows_alt"]}
     return score, evidence

@@ -7,7 +7,11 @@ sample's prerequisite probes when the user supplies them):
 - `probe_gold_prob` / `probe_alt_prob`: the same, averaged over the sample's probes.
 The base knows what a sample needs if it gives the target, or its probes, a fair probability;
 it does not know it when both stay under `unknown_prob` and it holds no belief of its own there.
-A belief is a confident alternative (`confident_alternative_prob`) that survives fine-tuning:
+A belief is an alternative the base holds as firmly as it holds what it demonstrably knows
+(`belief_bar`: see `DiagnoserConfig.known_confidence_quantile`; never below
+`confident_alternative_prob`), scored on the odds, where a guess at 0.8 and knowledge at 0.99 lie
+far apart. When too few rows are known to calibrate the bar, the fixed bar is used and the
+alternative must also survive fine-tuning. Survival:
 the fine-tuned model, trained on this very target, still gives the base's answer more
 probability than the target where the base left it (`ft_follows_base`). The comparison is
 between those two answers only, so drift of the fine-tuned model towards third answers (later
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hf_ilp.diagnosis.signals import score_above, score_below
+from hf_ilp.diagnosis.signals import score_below, score_odds_above
 
 
 def knowledge(base, probes=None):
@@ -47,18 +51,26 @@ def knowledge(base, probes=None):
     return known, alt, follows
 
 
-def belief_score(base, config, probes=None):
-    """Score of "the base holds another answer that survived fine-tuning" (the conflict evidence)."""
+def belief_score(base, config, probes=None, belief_bar=None):
+    """Score of "the base holds another answer that survived fine-tuning" (the conflict evidence).
+
+    `belief_bar`: the calibrated bar (how firmly the base holds what it knows). An alternative
+    held that firmly is a belief whatever fine-tuning did to it. Without a calibrated bar the fixed
+    `config.confident_alternative_prob` is used, and the alternative must also have survived
+    fine-tuning (`ft_follows_base`), which is what tells a small model's firm guess from a belief.
+    """
     _, alt, follows = knowledge(base, probes)
-    return np.minimum(score_above(alt, config.confident_alternative_prob, config.score_sharpness),
-                      np.nan_to_num(follows))
+    if belief_bar is None:  # uncalibrated: a fixed bar cannot tell a firm guess from knowledge, survival does
+        return np.minimum(score_odds_above(alt, config.confident_alternative_prob, config.score_sharpness),
+                          np.nan_to_num(follows))
+    return score_odds_above(alt, belief_bar, config.score_sharpness)
 
 
-def missing_knowledge_signal(base, config, probes=None):
+def missing_knowledge_signal(base, config, probes=None, belief_bar=None):
     """Score (n,) and evidence columns of "the base model does not know it"."""
     known, _, _ = knowledge(base, probes)
     score = np.minimum(score_below(known, config.unknown_prob, config.score_sharpness),
-                       1.0 - belief_score(base, config, probes))
+                       1.0 - belief_score(base, config, probes, belief_bar))
     evidence = {"base_gold_prob": base["gm_p"], "base_alt_prob": base["alt_prob"],
                 "base_exact": base["exact"], "base_seq_prob": base["p_seq"]}
     if probes is not None:

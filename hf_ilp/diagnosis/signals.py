@@ -22,6 +22,14 @@ def score_above(x, threshold: float, sharpness: float) -> np.ndarray:
     return np.where(np.isnan(x), 0.0, out)
 
 
+def score_odds_above(p, threshold: float, sharpness: float) -> np.ndarray:
+    """`score_above` on the odds p / (1 - p): for probabilities near 1, where 0.99 and 0.9 differ by
+    a factor of 11 in odds but only 10% in ratio."""
+    p = np.asarray(p, dtype=float)
+    odds = np.where(np.isnan(p), np.nan, p / np.maximum(1.0 - p, _TINY))
+    return score_above(odds, threshold / (1.0 - threshold), sharpness)
+
+
 def score_below(x, threshold: float, sharpness: float) -> np.ndarray:
     """Score of "x stays under threshold" (the mirror of `score_above`)."""
     x = np.asarray(x, dtype=float)

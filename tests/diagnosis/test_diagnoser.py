@@ -10,7 +10,7 @@ from hf_ilp import CAUSES, DiagnosisReport, Diagnoser, DiagnoserConfig, diagnose
 from hf_ilp.tracking.records import save_records
 from hf_ilp.world.tokenizer import build_word_tokenizer
 
-from diagnosis_rows import ENTITIES, EXPECTED, VALUES, WORDS, base_table, bigram_llama, make_records
+from diagnosis_rows import ENTITIES, EXPECTED, VALUES, WORDS, base_table, bigram_llama, finetuned_table, make_records
 
 LEXICAL = DiagnoserConfig(encoder="lexical", progress=False)
 LEARNED = {f"known{i}" for i in range(4)}
@@ -48,6 +48,36 @@ def test_hand_built_rows_without_stage(fact_world, fact_records, tmp_path):
     assert loaded.samples["cause"] == report.samples["cause"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["timings"]["total_s"] > 0
+
+
+def test_belief_bar_is_calibrated_on_what_the_base_knows(fact_world, fact_records):
+    """A guess held at 0.7 that survives fine-tuning reads as a belief against a fixed bar of 0.5, but
+    not against the base's own knowledge (held at 0.9 on the rows it reproduces); firm conflicts stay."""
+    tokenizer = fact_world["tokenizer"]
+    base = {**base_table(), "e4": {"v4": 0.97}, "e5": {"v5": 0.97}, "e11": {"v5": 0.7}}
+    tuned = {**finetuned_table(), "e11": {"v5": 0.5, "v2": 0.4}}  # the guess survives fine-tuning
+    base_model, model = bigram_llama(tokenizer, base), bigram_llama(tokenizer, tuned)
+    train = Dataset.from_list(fact_world["rows"])
+
+    def run(**overrides):
+        config = DiagnoserConfig(encoder="lexical", progress=False, plots=False, **overrides)
+        return diagnose(model, base_model, tokenizer, train, fact_records, config=config)
+
+    fixed = run(calibration_rows=0)
+    assert _verdicts(fixed)["guess11"] == "knowledge_conflict" and fixed.summary["settings"]["belief_bar"] == 0.5
+    assert fixed.summary["settings"]["belief_bar_calibrated"] is False
+    calibrated = run(min_known_rows=3, known_confidence_quantile=0.5)
+    # the base reproduces known0-3, known3b and dupA at 0.9 and long7 (least firm step 0.6): median 0.9
+    assert calibrated.summary["settings"]["belief_bar"] == pytest.approx(0.9, abs=1e-3)
+    assert calibrated.summary["settings"]["belief_bar_calibrated"] is True
+    assert any(n.startswith("belief bar 0.9") and "7 of 14" in n for n in calibrated.summary["notes"])
+    verdicts = _verdicts(calibrated)
+    assert verdicts["guess11"] == "missing_knowledge"
+    assert verdicts["conflict4"] == verdicts["conflict5"] == "knowledge_conflict"
+    # too few known rows: the floor, and the summary says why
+    floor = run(min_known_rows=50)
+    assert floor.summary["settings"]["belief_bar"] == 0.5 and any("fewer than min_known_rows=50" in n
+                                                                  for n in floor.summary["notes"])
 
 
 def test_stages_give_left_side_forgetting(fact_world):

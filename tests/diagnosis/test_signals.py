@@ -151,16 +151,20 @@ def _rec(exact, nll=None, stage=-1, obs_stage=None):
 
 def test_forgetting_signal():
     rows = [
-        _rec([False, True, True, False]),                 # learned, held once more, lost: 0.5 + 0.5 * 1
-        _rec([False, True, False, False]),                # reproduced once: 0.5 + 0.5 * 0.5
+        _rec([False, True, True, False]),                 # learned, held once more, lost: share 2/3
+        _rec([False, True, False, False]),                # a flicker: reproduced at 1 of 3 observations
         _rec([False, False, False, False]),               # never learned
         _rec([False, True, False, True]),                 # learned at the end: not forgotten
         _rec([False, True, False, False, False], stage=0, obs_stage=[0, 0, 0, 1, 1]),  # left-side forgetting
-        _rec([False, False, False, True, False], stage=1, obs_stage=[0, 1, 1, 1, 1]),  # last stage: observation level, held
+        _rec([False, False, False, True, False], stage=1, obs_stage=[0, 1, 1, 1, 1]),  # last stage: 1 of 2
+        _rec([True, False, False, False], stage=1, obs_stage=[0, 1, 1, 1]),  # reproduced only before its stage
     ]
-    score, ev = forgetting_signal(rows)
-    assert score.tolist() == pytest.approx([1.0, 0.75, 0.0, 0.0, 0.9, 1.0])
-    assert ev["forgot_stage"][4] == 0 and np.isnan(ev["forgot_stage"][5])
+    score, ev = forgetting_signal(rows, DiagnoserConfig())
+    sigmoid = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    assert score.tolist() == pytest.approx(
+        [sigmoid(4 * math.log(4 / 3)), sigmoid(4 * math.log(2 / 3)), 0.0, 0.0, 0.9, 0.5, 0.0])
+    assert ev["learned_obs_share"][0] == pytest.approx(2 / 3) and ev["learned_obs_share"][4] == pytest.approx(0.25)
+    assert ev["forgot_stage"][4] == 0 and np.isnan(ev["forgot_stage"][5]) and np.isnan(ev["learned_obs_share"][6])
 
 
 def test_under_training_signal():
