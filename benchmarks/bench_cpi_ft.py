@@ -5,7 +5,8 @@
     `hf_ilp.training.train_stages`) and CPI-FT (`run_cpi_ft`: probes, cores, groups, fusion,
     pipelined SFT), once per `--stage-mix` (stages on each group's rows, or cumulative: on the rows
     of that group and every earlier one; the probes and the fused model are shared). Prints
-    per-task exact-match accuracy, the average and the worst task.
+    per-task exact-match accuracy, the average, the worst task and the optimizer steps; with
+    `--matched-budget` also multi-task SFT run for as many steps as the costliest CPI-FT run.
 
 (b) `--part speed`: two saved random Llama models of ~110M parameters (float32, 4 shards). In one
     process, interleaved, `--repeats` times, medians:
@@ -223,7 +224,8 @@ def bench_speed(root: Path, repeats: int) -> None:
 # ----------------------------------------------------------------------------- (a) quality
 
 
-def bench_quality(root: Path, size: str, seed: int, epochs: float, probe_epochs: float, stage_mixes=("group",)) -> None:
+def bench_quality(root: Path, size: str, seed: int, epochs: float, probe_epochs: float, stage_mixes=("group",),
+                  matched_budget: bool = False) -> None:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import SFTTrainer
 
@@ -286,6 +288,17 @@ def bench_quality(root: Path, size: str, seed: int, epochs: float, probe_epochs:
         cpi_methods.append(method)
         print(f"{method} (stages on the {mix} mix) done in {time.perf_counter() - t0:.0f} s: {results[method]}")
 
+    matched = None
+    if matched_budget:  # multi-task SFT given as many optimizer steps as the costliest CPI-FT run
+        most = max(cpi_methods, key=lambda m: steps[m] + steps.get("CPI-FT probes", 0))
+        matched = "multi-task matched"
+        t0 = time.perf_counter()
+        trainer = SFTTrainer(model=world.load_base_model(), args=sft_args("multitask-matched", max_steps=steps[most] + steps.get("CPI-FT probes", 0)),
+                             train_dataset=mixed, processing_class=tok, callbacks=[_Steps(matched)])
+        trainer.train()
+        results[matched] = world.evaluate(trainer.model)
+        print(f"multi-task SFT with the steps of {most} done in {time.perf_counter() - t0:.0f} s: {results[matched]}")
+
     print()
     print(f"{'method':<18} " + " ".join(f"{t:>8}" for t in world.tasks) + f" {'average':>8} {'worst':>8} {'steps':>6}")
     summary = {}
@@ -296,12 +309,17 @@ def bench_quality(root: Path, size: str, seed: int, epochs: float, probe_epochs:
         print(f"{method:<18} " + " ".join(f"{acc[t]:>8.3f}" for t in world.tasks)
               + f" {summary[method][0]:>8.3f} {summary[method][1]:>8.3f} {n_steps:>6}")
     print("(steps: optimizer steps of the method, CPI-FT's probes included)")
-    best_avg = max(v[0] for k, v in summary.items() if k not in cpi_methods)
-    worst_base = min(v[1] for k, v in summary.items() if k not in cpi_methods)
+    baselines = [k for k in summary if k not in cpi_methods and k != matched]
+    best_avg = max(summary[k][0] for k in baselines)
+    worst_base = min(summary[k][1] for k in baselines)
     for method in cpi_methods:
         avg, worst = summary[method]
         print(f"{method} average {avg:.3f} vs best baseline {best_avg:.3f} ({'met' if avg >= best_avg else 'NOT met'}); "
               f"worst task {worst:.3f} vs baselines' worst {worst_base:.3f} ({'met' if worst >= worst_base else 'NOT met'})")
+    if matched:
+        for method in cpi_methods:
+            print(f"{method} average {summary[method][0]:.3f} vs multi-task SFT with {steps[matched]} steps {summary[matched][0]:.3f} "
+                  f"({'above' if summary[method][0] >= summary[matched][0] else 'below'})")
     for method in cpi_methods:
         print(f"{method} average / best baseline average: {summary[method][0] / best_avg if best_avg else float('nan'):.3f}")
 
@@ -320,6 +338,8 @@ def main(argv=None) -> None:
     parser.add_argument("--probe-epochs", type=float, default=None, help="epochs of each CPI-FT probe (default: --epochs)")
     parser.add_argument("--stage-mix", nargs="+", choices=["group", "cumulative"], default=["group", "cumulative"],
                         help="CPI-FT stage mixes to compare (probes and fusion are shared)")
+    parser.add_argument("--matched-budget", action="store_true",
+                        help="also run multi-task SFT for as many optimizer steps as the costliest CPI-FT run (probes included)")
     args = parser.parse_args(argv)
     # tmpfs when there is one: the disk's write-back throttling would otherwise decide the times
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -327,7 +347,7 @@ def main(argv=None) -> None:
     root.mkdir(parents=True, exist_ok=True)
     try:
         if args.part in ("quality", "all"):
-            bench_quality(root / "quality", args.size, args.seed, args.epochs, args.probe_epochs, args.stage_mix)
+            bench_quality(root / "quality", args.size, args.seed, args.epochs, args.probe_epochs, args.stage_mix, args.matched_budget)
         if args.part in ("speed", "all"):
             bench_speed(root / "speed", args.repeats)
     finally:

@@ -2,11 +2,13 @@
 
 - `core_regions(base, task, share)`: the task's core region C = the global top `share` (p = 1%
   by default) of entries by |theta_task - theta_base| over all floating-point tensors. Computed
-  in one streaming pass over cache-sized blocks: |delta| of a block is compared with a floor
-  (a lower bound of the global k-th largest value), and only the entries above it are kept as
-  candidates (value + index, 12 bytes); whenever more than 2k are held they are cut to the k
-  largest, whose minimum becomes the new floor. Memory is the two mapped tensors plus at most
-  2k + one block of candidates whatever the model size (no whole-tensor |delta| or bool mask).
+  in one streaming pass over memory-mapped windows (16 MiB) in cache-sized blocks: |delta| of a
+  block is compared with a floor, and only the entries above it are kept as candidates (value +
+  index, 12 bytes); whenever more than 2k are held they are cut to the k largest, whose minimum
+  becomes the new floor. The pass starts from a floor estimated on a 1% sample, so that about
+  1.25 k candidates come in at all; if fewer than k exceeded it, the pass is repeated from 0, so
+  the result is exact either way. Memory is two windows plus at most 2k + one block of
+  candidates whatever the model size (no whole-tensor |delta| or bool mask).
   Exactly k = round(share * N) entries are chosen (ties at the k-th value broken arbitrarily);
   entries that did not change at all are never core, so a task that moved fewer than k entries
   gets a smaller core.
@@ -15,7 +17,7 @@
   connected components, ordered by their first task in the given task order (the paper leaves
   the order open), tasks inside a group in the given order.
 
-`base` and `task` may be saved model folders (read tensor by tensor) or in-memory models /
+`base` and `task` may be saved model folders (mapped window by window) or in-memory models /
 state dicts. Cores are `dict[name, CompactMask]` (hf_ilp.isolation.masks), the same masks the
 CPI-FT trainer freezes.
 """

@@ -21,8 +21,9 @@ core share is small, and one angle per tensor is what per-tensor SLERP means.
 Memory: the mapped base and task tensors of the current tensor (`Checkpoint.view`, released
 after it), one float accumulator of a tensor's size only when several tasks are folded, two
 block buffers, the gathered core values of the current tensor (16 bytes per core entry) and
-the cores (`CompactMask`, 4 bytes per core entry). Every input is checked before anything is written (architecture, names, shapes, dtypes, shards, t, task
-names), and the output folder appears only when complete (`hf_ilp._io.atomic_dir`). It holds
+the cores (`CompactMask`, 4 bytes per core entry). Every input is checked before anything is
+written (architecture, names, shapes, dtypes, shards, t, task names), and the output folder
+appears only when complete (`hf_ilp._io.atomic_dir`). It holds
 the shards in the base's layout, the index, the base's config/tokenizer files, the cores of
 every task (`cpi_ft_cores/<task>.safetensors`), `cpi_ft.json` and a model card.
 """
