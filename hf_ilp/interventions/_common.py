@@ -49,7 +49,16 @@ def fresh_model(model, **load_kwargs):
     """A trainable model that training may change: a deep copy of a model object (the caller's stays
     as it was) or a model loaded from a path (a PEFT adapter folder loads trainable)."""
     if not isinstance(model, (str, bytes)) and not hasattr(model, "__fspath__"):
-        return copy.deepcopy(model)
+        clone = copy.deepcopy(model)
+        # A model that went through a trainer may carry a per-instance `forward` set there (TRL's fused
+        # LM head, accelerate's autocast wrapper) whose closure still calls the ORIGINAL model's forward:
+        # the copy would train its own weights yet answer with the original's. Drop the patches; the
+        # next trainer sets up what it needs on the copy itself.
+        inner = clone.get_base_model() if hasattr(clone, "get_base_model") else None
+        for module in {id(m): m for m in (clone, inner) if m is not None}.values():
+            module.__dict__.pop("forward", None)
+            module.__dict__.pop("_original_forward", None)
+        return clone
     from pathlib import Path
 
     path = Path(model)

@@ -65,8 +65,16 @@ class InterventionConfig:
     extra_max_epochs: int = field(default=5, metadata={"help": "Most extra epochs for under-training."})
     extra_delta: float = field(
         default=0.01, metadata={"help": "Stop when val loss(e) > val loss(e-1) + delta (paper: 0.01)."})
+    extra_on: str = field(
+        default="flagged", metadata={"help": "What the extra epochs train on: 'flagged' (the under-trained samples, "
+                                            "upsample_factor copies each, plus as many replayed other rows times "
+                                            "extra_replay_ratio) or 'all' (the whole training set, flagged rows "
+                                            "upsampled)."})
+    extra_replay_ratio: float = field(
+        default=1.0, metadata={"help": "With extra_on='flagged': replayed other rows per flagged copy (a seeded "
+                                       "sample, drawn again each epoch by the trainer's shuffling of a fixed set)."})
     upsample_factor: int = field(
-        default=1, metadata={"help": "Copies of each under-trained sample in the extra epochs (1: none)."})
+        default=4, metadata={"help": "Copies of each under-trained sample in every extra epoch (1: none)."})
 
 
 @dataclass
@@ -217,13 +225,16 @@ def _probe_slice(dataset, column, per_subset, seed):
 def _under_training(ctx):
     from trl import SFTTrainer
 
-    from hf_ilp.interventions.under_training import ValLossRiseStopping, upsample
+    from hf_ilp.interventions.under_training import ValLossRiseStopping, targeted, upsample
 
     cfg = ctx["config"]
     train = ctx["train"]
     if "stage" in train.column_names:  # extra epochs go over all stages at once
         train = train.rename_column("stage", "source_stage")
-    train = upsample(train, ctx["flagged"], cfg.upsample_factor)
+    if cfg.extra_on == "flagged":
+        train = targeted(train, ctx["flagged"], cfg.upsample_factor, cfg.extra_replay_ratio, seed=ctx["run_args"].seed)
+    else:
+        train = upsample(train, ctx["flagged"], cfg.upsample_factor)
     stop = ValLossRiseStopping(delta=cfg.extra_delta)
     model = _with_peft(fresh_model(ctx["model"]), ctx["peft_config"])
     args = dataclasses.replace(ctx["run_args"], num_train_epochs=cfg.extra_max_epochs, eval_strategy="epoch")
@@ -232,7 +243,8 @@ def _under_training(ctx):
     trainer.evaluate()
     trainer.train()
     accepted = len(stop.losses) - 1
-    details = {"val_losses": stop.losses, "extra_epochs_kept": accepted, "stopped_at_epoch": stop.stopped_at_epoch,
+    details = {"val_losses": stop.losses, "rejected_val_loss": stop.rejected_loss, "extra_epochs_kept": accepted,
+               "stopped_at_epoch": stop.stopped_at_epoch, "extra_on": cfg.extra_on, "rows_per_epoch": len(train),
                "upsample_factor": cfg.upsample_factor}
     return "extra_epochs+early_stopping", details, train, trainer
 
@@ -290,6 +302,8 @@ def intervene(
     config = config or InterventionConfig()
     if config.inconsistency_strategy not in ("bucket", "resolve"):
         raise ValueError(f"inconsistency_strategy must be 'bucket' or 'resolve', got {config.inconsistency_strategy!r}")
+    if config.extra_on not in ("flagged", "all"):
+        raise ValueError(f"extra_on must be 'flagged' or 'all', got {config.extra_on!r}")
     check_report_matches(report, train_dataset, "train_dataset")
     flagged = require_flagged(report, [cause])
     prepared = None

@@ -4,7 +4,11 @@ The paper's intervention for insufficient optimization: add epochs one at a time
 the validation loss rises, val_loss(e) > val_loss(e-1) + delta (delta = 0.01). Here the extra
 epochs continue from the fine-tuned model; the epoch that raised the loss is undone (the weights
 of the last accepted evaluation are restored), so the result is the paper's "last good epoch".
-Upsampling the flagged samples (`upsample`) aims the extra epochs at them.
+The extra epochs are targeted (`targeted`, the default): they go over the flagged samples,
+several copies each, and an equal number of replayed other rows, so the rare samples get the
+optimization they lacked while the rest is rehearsed rather than trained for whole extra epochs
+(which overfits it and, on a validation set of unseen questions, stops the run at once).
+`upsample` keeps the whole training set and only adds copies of the flagged rows.
 
     stop = ValLossRiseStopping(delta=0.01)
     trainer = SFTTrainer(model=sft_model, args=args_with_eval_each_epoch, train_dataset=upsample(train, ids, 2),
@@ -33,6 +37,7 @@ class ValLossRiseStopping(TrainerCallback):
         self.delta, self.restore = delta, restore
         self.losses: list[float] = []
         self.stopped_at_epoch: float | None = None
+        self.rejected_loss: float | None = None  # the evaluation that stopped the run
         self._snapshot = None
 
     @torch.no_grad()
@@ -41,7 +46,7 @@ class ValLossRiseStopping(TrainerCallback):
         if loss is None:
             raise ValueError("ValLossRiseStopping needs 'eval_loss' in the evaluation metrics; give an eval_dataset")
         if self.losses and loss > self.losses[-1] + self.delta:
-            self.stopped_at_epoch = state.epoch
+            self.stopped_at_epoch, self.rejected_loss = state.epoch, float(loss)
             control.should_training_stop = True
             if self.restore and self._snapshot is not None:
                 params = dict(model.named_parameters())
@@ -64,3 +69,23 @@ def upsample(dataset, ids, factor: int):
         return dataset.select(range(len(dataset)))
     extra = dataset.filter(lambda i: str(i) in wanted, input_columns="id")
     return concatenate_datasets([dataset] + [extra] * (factor - 1))
+
+
+def targeted(dataset, ids, factor: int, replay_ratio: float = 1.0, seed: int = 0):
+    """A new dataset for targeted extra epochs: `factor` copies of each row with an id in `ids`, and
+    round(replay_ratio x that many) other rows drawn without replacement (seeded; all of them if
+    there are fewer). Copies keep their id."""
+    import numpy as np
+    from datasets import concatenate_datasets
+
+    if factor < 1 or replay_ratio < 0:
+        raise ValueError(f"targeted extra epochs need factor >= 1 and replay_ratio >= 0, got {factor}, {replay_ratio}")
+    wanted = {str(i) for i in ids}
+    is_flagged = [str(i) in wanted for i in dataset["id"]]
+    flagged = [k for k, f in enumerate(is_flagged) if f]
+    if not flagged:
+        raise ValueError("targeted extra epochs: none of the flagged ids is in the training set")
+    others = [k for k, f in enumerate(is_flagged) if not f]
+    n_replay = min(len(others), round(replay_ratio * factor * len(flagged)))
+    replay = sorted(np.random.default_rng(seed).choice(others, size=n_replay, replace=False).tolist()) if n_replay else []
+    return concatenate_datasets([dataset.select(flagged)] * factor + ([dataset.select(replay)] if replay else []))

@@ -8,7 +8,8 @@ from datasets import Dataset
 
 from hf_ilp.interventions.forgetting import DynamicResamplingCallback, ResamplingSampler, global_shuffle
 from hf_ilp.interventions.knowledge import BM25KnowledgeSource, EmbeddingKnowledgeSource
-from hf_ilp.interventions.under_training import ValLossRiseStopping, upsample
+from hf_ilp.interventions._common import fresh_model
+from hf_ilp.interventions.under_training import ValLossRiseStopping, targeted, upsample
 
 from tests.interventions.conftest import make_rows, sft_args
 
@@ -108,3 +109,35 @@ def test_upsample_repeats_only_the_flagged():
     ds = Dataset.from_list(make_rows(6))
     out = upsample(ds, ["s1", "s4"], 3)
     assert len(out) == 10 and out["id"].count("s1") == 3 and out["id"].count("s0") == 1 and len(ds) == 6
+
+
+def test_targeted_extra_epochs_hold_copies_of_the_flagged_and_a_replay_sample():
+    ds = Dataset.from_list(make_rows(20))
+    out = targeted(ds, ["s1", "s4"], factor=3, replay_ratio=1.0, seed=0)
+    ids = out["id"]
+    assert ids.count("s1") == ids.count("s4") == 3 and len(ids) == 12
+    replay = [i for i in ids if i not in ("s1", "s4")]
+    assert len(set(replay)) == 6  # six distinct other rows, once each
+    assert targeted(ds, ["s1"], factor=2, replay_ratio=100.0)["id"].count("s0") == 1  # capped at the others
+    with pytest.raises(ValueError, match="none of the flagged ids"):
+        targeted(ds, ["nope"], factor=2)
+
+
+def test_fresh_copy_of_a_trained_model_answers_with_its_own_weights(tmp_path, tokenizer, tiny_model):
+    """SFTTrainer leaves a per-instance forward whose closure calls the original model: a plain deep
+    copy would train its own weights but answer with the original's."""
+    rows = make_rows(8)
+    model = _learn(tiny_model, tokenizer, rows, tmp_path, steps=2)
+    clone = fresh_model(model)
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.add_(0.5)
+    ids = torch.tensor([tokenizer(rows[0]["prompt"]).input_ids])
+    with torch.no_grad():
+        ours = clone(input_ids=ids).logits
+        original = model(input_ids=ids).logits
+        rebuilt = type(clone)(clone.config)
+        rebuilt.load_state_dict(clone.state_dict())
+        expected = rebuilt.eval()(input_ids=ids).logits
+    assert not torch.allclose(ours, original)
+    assert torch.allclose(ours, expected, atol=1e-5)
