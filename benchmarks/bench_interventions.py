@@ -116,7 +116,9 @@ def main(argv=None):
         except ValueError as err:
             print(f"{spec}: not run: {err}")
             continue
-        kept = set(res.load_train_dataset()["id"])  # resolve drops rows: score the rows still trained on
+        # resolve drops rows from the training set: score the rows still trained on. (under_training's
+        # extra epochs run on a targeted subset on top of the full run: every row is scored.)
+        kept = set(res.load_train_dataset()["id"]) if cause == "data_inconsistency" else set(train["id"])
         after, normal_after, exact_after = _unlearned_by_cause(res.model, tok, train, world_cause, kept)
         # the intervention itself: planted samples of the cause that the report attributed to it
         targeted = [i for i in report.by_cause(cause)["id"] if world_cause[i] == cause]
