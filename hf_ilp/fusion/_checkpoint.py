@@ -125,10 +125,16 @@ class Checkpoint:
             with open(self.path / e.shard, "rb") as f:
                 if os.fstat(f.fileno()).st_size < first + n:
                     raise OSError(f"{self.path / e.shard}: truncated data for tensor {name!r}")
-                mapping = mmap.mmap(f.fileno(), first + n - page, access=mmap.ACCESS_COPY, offset=page)
-            flat = torch.frombuffer(mapping, dtype=torch.uint8, offset=first - page, count=n)
-            if (first - page) % size:  # misaligned for the dtype: a copy instead
-                flat = flat.clone()
+                try:
+                    mapping = mmap.mmap(f.fileno(), first + n - page, access=mmap.ACCESS_COPY, offset=page)
+                except (OSError, ValueError):  # a file system that cannot map files: read a copy
+                    f.seek(first)
+                    flat = torch.empty(n, dtype=torch.uint8)
+                    f.readinto(memoryview(flat.numpy()))
+                else:
+                    flat = torch.frombuffer(mapping, dtype=torch.uint8, offset=first - page, count=n)
+                    if (first - page) % size:  # misaligned for the dtype: a copy instead
+                        flat = flat.clone()
             flat = flat.view(dtype)
         return flat.reshape(e.shape) if start is None and stop is None else flat
 

@@ -162,6 +162,20 @@ def test_checkpoint_views_and_windows_match_the_saved_tensors(tmp_path):
     assert torch.equal(Checkpoint(tmp_path / "odd").view("f"), torch.tensor([1.5, -2.0]))
 
 
+def test_checkpoint_reads_a_copy_where_files_cannot_be_mapped(tmp_path, monkeypatch):
+    from hf_ilp.fusion import _checkpoint
+
+    t = torch.randn(6, 5)
+    _raw_model(tmp_path / "m", {"w": t})
+
+    def refuse(*args, **kwargs):
+        raise OSError("mmap not supported")
+
+    monkeypatch.setattr(_checkpoint.mmap, "mmap", refuse)
+    ck = Checkpoint(tmp_path / "m")
+    assert torch.equal(ck.view("w"), t) and torch.equal(ck.view("w", 4, 17), t.reshape(-1)[4:17])
+
+
 def test_shard_writer_checks_parts(tmp_path):
     w = ShardWriter(tmp_path / "s.safetensors", [("x", "F32", (2, 3), 24)])
     w.write_part(torch.zeros(4))
