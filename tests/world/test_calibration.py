@@ -103,16 +103,7 @@ def test_causal_missing_knowledge_and_conflict(tiny_world, world_cache_dir, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "seed",
-    [
-        0,
-        pytest.param(1, marks=pytest.mark.xfail(
-            reason="known shortfall: small seed 1 learns 126/134 normal samples (94.0% < 95%); stage 1 erases "
-            "8 normal stage-0 samples; every planted cause stays >= 30% unlearned (causal checks not reached)",
-            strict=False)),
-    ],
-)
+@pytest.mark.parametrize("seed", [0, 1])
 def test_small_world_calibration(seed, world_cache_dir, tmp_path):
     world = build_world("small", seed=seed, cache_dir=world_cache_dir)
     ends, _ = _fine_tune(world, world.train, tmp_path / "default")
@@ -122,7 +113,8 @@ def test_small_world_calibration(seed, world_cache_dir, tmp_path):
     ends, _ = _fine_tune(world, cleaned, tmp_path / "consistent")
     assert _learned_share(cleaned, ends.flags[-1], "data_inconsistency") >= MOST
     stage0 = world.train.filter(lambda s: s == 0, input_columns="stage")
-    ends, _ = _fine_tune(world, stage0, tmp_path / "longer", num_train_epochs=4 * world.spec.sft_epochs)
+    # stage 0 of the small world is 66 rows (5 steps an epoch): its profiles need 6x the budget
+    ends, _ = _fine_tune(world, stage0, tmp_path / "longer", num_train_epochs=6 * world.spec.sft_epochs)
     assert _learned_share(stage0, ends.flags[-1], "under_training") >= MOST
     complete = build_world("small", seed=seed, cache_dir=world_cache_dir, complete_knowledge=True)
     ends, _ = _fine_tune(complete, complete.train, tmp_path / "complete")
