@@ -231,8 +231,10 @@ class StateDictSource:
         self.shards = []
 
     def view(self, name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
-        t = self._state[name].cpu()
-        return t if start is None and stop is None else t.reshape(-1)[start:stop]
+        t = self._state[name]
+        if start is not None or stop is not None:
+            t = t.reshape(-1)[start:stop]
+        return t.cpu()  # a window of an accelerator's tensor is copied alone
 
     def close(self) -> None:
         pass
