@@ -77,7 +77,9 @@ def _dots(a: torch.Tensor, b: torch.Tensor, work: torch.dtype = torch.float32):
     return aa, bb, ab
 
 
-def _slerp_coefficients(a: torch.Tensor, b: torch.Tensor, t: float, dot_threshold: float = DOT_THRESHOLD, eps: float = 1e-8, work: torch.dtype = torch.float32):
+def _slerp_coefficients(
+    a: torch.Tensor, b: torch.Tensor, t: float, dot_threshold: float = DOT_THRESHOLD, eps: float = 1e-8, work: torch.dtype = torch.float32
+):
     """Coefficients (ca, cb) with slerp(a, b, t) = ca * a + cb * b, from the flattened tensors."""
     aa, bb, ab = _dots(a, b, work)
     norm_a, norm_b = math.sqrt(aa), math.sqrt(bb)
