@@ -102,13 +102,17 @@ def test_two_tasks_fused_block_by_block_equal_hand_computation(saved_models, tmp
     base, sa, sb, fused = (_state(p) for p in (saved_models["base"], tasks["alpha"], tasks["beta"], tmp_path / "fused"))
     ca, cb = _hand_cores(base, sa, 0.05), _hand_cores(base, sb, 0.05)
     t1, t2 = (t / 2) / ((1 - t) + t / 2), (t / 2) / ((1 - t) + t)
+    won = {"alpha": 0, "beta": 0}  # shared entries won by each task
     for n in base:
         expected = _slerp_ref(_slerp_ref(base[n], sa[n], t1), sb[n], t2).reshape(-1).clone()
         for i in ca[n] | cb[n]:
             da = abs(sa[n].view(-1)[i] - base[n].view(-1)[i]) if i in ca[n] else -1.0
             db = abs(sb[n].view(-1)[i] - base[n].view(-1)[i]) if i in cb[n] else -1.0
             expected[i] = (sa if da >= db else sb)[n].view(-1)[i]
+            if i in ca[n] and i in cb[n]:
+                won["alpha" if da >= db else "beta"] += 1
         torch.testing.assert_close(fused[n].reshape(-1), expected, rtol=1e-5, atol=1e-6, msg=n)
+    assert won["alpha"] > 0 and won["beta"] > 0  # both ways of settling a shared entry happened
 
 
 def test_bfloat16_models_fuse_in_float32_and_stay_bfloat16(tmp_path, monkeypatch):
