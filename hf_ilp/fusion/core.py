@@ -2,7 +2,7 @@
 
 - `core_regions(base, task, share)`: the task's core region C = the global top `share` (p = 1%
   by default) of entries by |theta_task - theta_base| over all floating-point tensors. Computed
-  in one streaming pass over memory-mapped windows (16 MiB) in cache-sized blocks: |delta| of a
+  in one streaming pass over memory-mapped windows (16 MiB) in 2 MiB blocks: |delta| of a
   block is compared with a floor, and only the entries above it are kept as candidates (value +
   index, 12 bytes); whenever more than 2k are held they are cut to the k largest, whose minimum
   becomes the new floor. The pass starts from a floor estimated on a 1% sample, so that about
