@@ -5,7 +5,6 @@ import shutil
 
 import pytest
 import torch
-from mergekit.merge_methods.slerp import slerp as mergekit_slerp
 from transformers import LlamaForCausalLM
 
 from hf_ilp.cli import main as cli_main
@@ -13,28 +12,13 @@ from hf_ilp.fusion import core_overlap, core_regions, fuse_checkpoints, group_ta
 from hf_ilp.isolation.masks import CompactMask
 
 from tests.fusion._models import perturbed, tiny_llama
-
-
-def _state(path):
-    return {k: v.float() for k, v in LlamaForCausalLM.from_pretrained(path).state_dict().items()}
-
-
-def _slerp_ref(a, b, t):
-    return mergekit_slerp(torch.tensor(t), a.reshape(1, -1), b.reshape(1, -1)).reshape(a.shape)
-
-
-def _top_k_by_hand(base, task, share):
-    deltas = {n: (task[n] - base[n]).abs().reshape(-1) for n in base}
-    flat = torch.cat(list(deltas.values()))
-    k = round(share * flat.numel())
-    thr = torch.topk(flat, k).values[-1]
-    return {n: set((d >= thr).nonzero().squeeze(1).tolist()) for n, d in deltas.items()}
+from tests.fusion._reference import hand_cores, slerp_ref, state, two_task_fused
 
 
 def test_core_regions_are_the_global_top_share(saved_models):
-    base, alpha = _state(saved_models["base"]), _state(saved_models["alpha"])
+    base, alpha = state(saved_models["base"]), state(saved_models["alpha"])
     cores = core_regions(saved_models["base"], saved_models["alpha"], share=0.02)
-    expected = _top_k_by_hand(base, alpha, 0.02)
+    expected = hand_cores(base, alpha, 0.02)
     assert {n: set(m.indices().tolist()) for n, m in cores.items()} == expected
     assert sum(m.count for m in cores.values()) == round(0.02 * sum(t.numel() for t in base.values()))
     # the in-memory path gives the same cores as the streaming one
@@ -43,7 +27,7 @@ def test_core_regions_are_the_global_top_share(saved_models):
 
 
 def test_fused_model_equals_hand_computation_with_overlapping_cores(saved_models, tmp_path):
-    base = _state(saved_models["base"])
+    base = state(saved_models["base"])
     # plant a shared core entry: alpha moves it by +0.5, beta by -0.9, so beta must win it
     name, pos = "model.layers.0.mlp.up_proj.weight", 5
     tasks = {}
@@ -56,18 +40,12 @@ def test_fused_model_equals_hand_computation_with_overlapping_cores(saved_models
     t = 0.6
     result = fuse_checkpoints(saved_models["base"], tasks, tmp_path / "fused", t=t, core_share=0.01)
     assert result.shared_core_entries >= 1
-    fused = _state(tmp_path / "fused")
+    fused = state(tmp_path / "fused")
 
-    sa, sb = _state(tasks["alpha"]), _state(tasks["beta"])
-    ca, cb = _top_k_by_hand(base, sa, 0.01), _top_k_by_hand(base, sb, 0.01)
-    t1, t2 = (t / 2) / ((1 - t) + t / 2), (t / 2) / ((1 - t) + t)
+    sa, sb = state(tasks["alpha"]), state(tasks["beta"])
+    expected, _ = two_task_fused(base, sa, sb, hand_cores(base, sa, 0.01), hand_cores(base, sb, 0.01), t)
     for n in base:
-        expected = _slerp_ref(_slerp_ref(base[n], sa[n], t1), sb[n], t2).reshape(-1).clone()
-        for i in ca[n] | cb[n]:
-            da = abs(sa[n].view(-1)[i] - base[n].view(-1)[i]) if i in ca[n] else -1.0
-            db = abs(sb[n].view(-1)[i] - base[n].view(-1)[i]) if i in cb[n] else -1.0
-            expected[i] = (sa if da >= db else sb)[n].view(-1)[i]
-        torch.testing.assert_close(fused[n].reshape(-1), expected, rtol=1e-5, atol=1e-6, msg=n)
+        torch.testing.assert_close(fused[n].reshape(-1), expected[n], rtol=1e-5, atol=1e-6, msg=n)
     assert fused[name].view(-1)[pos] == sb[name].view(-1)[pos]
     # everything the card and loaders need is there
     card = (tmp_path / "fused" / "README.md").read_text()
@@ -79,10 +57,10 @@ def test_fused_model_equals_hand_computation_with_overlapping_cores(saved_models
 
 def test_one_task_is_plain_slerp_plus_transplant(saved_models, tmp_path):
     fuse_checkpoints(saved_models["base"], {"alpha": saved_models["alpha"]}, tmp_path / "f", t=0.3)
-    base, alpha, fused = _state(saved_models["base"]), _state(saved_models["alpha"]), _state(tmp_path / "f")
+    base, alpha, fused = state(saved_models["base"]), state(saved_models["alpha"]), state(tmp_path / "f")
     cores = load_cores(tmp_path / "f")["alpha"]
     for n in base:
-        exp = _slerp_ref(base[n], alpha[n], 0.3).reshape(-1)
+        exp = slerp_ref(base[n], alpha[n], 0.3).reshape(-1)
         idx = cores[n].indices()
         exp[idx] = alpha[n].reshape(-1)[idx]
         torch.testing.assert_close(fused[n].reshape(-1), exp, rtol=1e-5, atol=1e-6)
@@ -98,9 +76,9 @@ def test_many_nearly_colinear_tasks_fuse_to_the_weighted_mean_in_any_order(tmp_p
     t = 0.75
     fuse_checkpoints(tmp_path / "base", paths, tmp_path / "f1", t=t, core_share=0.001)
     fuse_checkpoints(tmp_path / "base", dict(reversed(list(paths.items()))), tmp_path / "f2", t=t, core_share=0.001)
-    f1, f2 = _state(tmp_path / "f1"), _state(tmp_path / "f2")
-    b = _state(tmp_path / "base")
-    ts = [_state(p) for p in paths.values()]
+    f1, f2 = state(tmp_path / "f1"), state(tmp_path / "f2")
+    b = state(tmp_path / "base")
+    ts = [state(p) for p in paths.values()]
     cores = load_cores(tmp_path / "f1")
     for n in b:
         core = torch.zeros(b[n].numel(), dtype=torch.bool)

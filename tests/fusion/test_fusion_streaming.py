@@ -7,29 +7,13 @@ import struct
 
 import pytest
 import torch
-from mergekit.merge_methods.slerp import slerp as mergekit_slerp
 from safetensors.torch import load_file, save_file
-from transformers import LlamaForCausalLM
 
 from hf_ilp.fusion import core, core_regions, fuse_checkpoints, load_cores, merge_utils, slerp
 from hf_ilp.fusion._checkpoint import Checkpoint, ShardWriter
 
 from tests.fusion._models import perturbed, tiny_llama
-
-
-def _state(path, dtype=torch.float32):
-    return {k: v.to(dtype) for k, v in LlamaForCausalLM.from_pretrained(path, dtype=dtype).state_dict().items()}
-
-
-def _slerp_ref(a, b, t):
-    return mergekit_slerp(torch.tensor(t), a.reshape(1, -1).float(), b.reshape(1, -1).float()).reshape(a.shape)
-
-
-def _hand_cores(base, task, share):
-    deltas = {n: (task[n] - base[n]).abs().reshape(-1) for n in base}
-    k = round(share * sum(d.numel() for d in deltas.values()))
-    thr = torch.topk(torch.cat(list(deltas.values())), k).values[-1]
-    return {n: set((d >= thr).nonzero().squeeze(1).tolist()) for n, d in deltas.items()}
+from tests.fusion._reference import hand_cores, slerp_ref, state, two_task_fused
 
 
 @pytest.mark.parametrize("block", [1, 7, 1000])
@@ -37,13 +21,13 @@ def test_blocked_slerp_matches_mergekit_across_block_boundaries(monkeypatch, blo
     monkeypatch.setattr(merge_utils, "BLOCK", block)
     g = torch.Generator().manual_seed(block)
     a, b = torch.randn(37, 29, generator=g), torch.randn(37, 29, generator=g)
-    ref = _slerp_ref(a, b, 0.3)
+    ref = slerp_ref(a, b, 0.3)
     out = slerp(a, b, 0.3)
     assert ((out - ref).norm() / ref.norm()).item() < 1e-5
     # bfloat16 blocks are widened to float32 block by block: same as widening the whole tensor
     out16 = slerp(a.bfloat16(), b.bfloat16(), 0.3)
     assert out16.dtype == torch.bfloat16
-    torch.testing.assert_close(out16, _slerp_ref(a.bfloat16(), b.bfloat16(), 0.3).bfloat16(), rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(out16, slerp_ref(a.bfloat16(), b.bfloat16(), 0.3).bfloat16(), rtol=1e-2, atol=1e-3)
 
 
 def _record_scans(monkeypatch):
@@ -70,9 +54,9 @@ def test_core_selection_is_exact_whatever_the_path(saved_models, monkeypatch, se
     for key, value in setting.items():
         monkeypatch.setattr(merge_utils if key == "BLOCK" else core, key, value)
     floors = _record_scans(monkeypatch)
-    base, alpha = _state(saved_models["base"]), _state(saved_models["alpha"])
+    base, alpha = state(saved_models["base"]), state(saved_models["alpha"])
     cores = core_regions(saved_models["base"], saved_models["alpha"], share=0.05)
-    assert {n: set(m.indices().tolist()) for n, m in cores.items()} == _hand_cores(base, alpha, 0.05)
+    assert {n: set(m.indices().tolist()) for n, m in cores.items()} == hand_cores(base, alpha, 0.05)
     if "_MARGIN" in setting:
         assert floors[0] > 0.0 and floors[1:] == [0.0]
     elif "_SAMPLE_SHARE" in setting:
@@ -99,20 +83,11 @@ def test_two_tasks_fused_block_by_block_equal_hand_computation(saved_models, tmp
     tasks = {"alpha": saved_models["alpha"], "beta": saved_models["beta"]}
     t = 0.5
     fuse_checkpoints(saved_models["base"], tasks, tmp_path / "fused", t=t, core_share=0.05)
-    base, sa, sb, fused = (_state(p) for p in (saved_models["base"], tasks["alpha"], tasks["beta"], tmp_path / "fused"))
-    ca, cb = _hand_cores(base, sa, 0.05), _hand_cores(base, sb, 0.05)
-    t1, t2 = (t / 2) / ((1 - t) + t / 2), (t / 2) / ((1 - t) + t)
-    won = {"alpha": 0, "beta": 0}  # shared entries won by each task
+    base, sa, sb, fused = (state(p) for p in (saved_models["base"], tasks["alpha"], tasks["beta"], tmp_path / "fused"))
+    expected, won = two_task_fused(base, sa, sb, hand_cores(base, sa, 0.05), hand_cores(base, sb, 0.05), t)
     for n in base:
-        expected = _slerp_ref(_slerp_ref(base[n], sa[n], t1), sb[n], t2).reshape(-1).clone()
-        for i in ca[n] | cb[n]:
-            da = abs(sa[n].view(-1)[i] - base[n].view(-1)[i]) if i in ca[n] else -1.0
-            db = abs(sb[n].view(-1)[i] - base[n].view(-1)[i]) if i in cb[n] else -1.0
-            expected[i] = (sa if da >= db else sb)[n].view(-1)[i]
-            if i in ca[n] and i in cb[n]:
-                won["alpha" if da >= db else "beta"] += 1
-        torch.testing.assert_close(fused[n].reshape(-1), expected, rtol=1e-5, atol=1e-6, msg=n)
-    assert won["alpha"] > 0 and won["beta"] > 0  # both ways of settling a shared entry happened
+        torch.testing.assert_close(fused[n].reshape(-1), expected[n], rtol=1e-5, atol=1e-6, msg=n)
+    assert won["a"] > 0 and won["b"] > 0  # both ways of settling a shared entry happened
 
 
 def test_bfloat16_models_fuse_in_float32_and_stay_bfloat16(tmp_path, monkeypatch):
@@ -121,11 +96,11 @@ def test_bfloat16_models_fuse_in_float32_and_stay_bfloat16(tmp_path, monkeypatch
     base.save_pretrained(tmp_path / "base")
     perturbed(base.float(), 3).to(torch.bfloat16).save_pretrained(tmp_path / "task")
     fuse_checkpoints(tmp_path / "base", {"task": tmp_path / "task"}, tmp_path / "f", t=0.4, core_share=0.02)
-    b, x, f = (_state(tmp_path / p, torch.bfloat16) for p in ("base", "task", "f"))
+    b, x, f = (state(tmp_path / p, torch.bfloat16) for p in ("base", "task", "f"))
     cores = load_cores(tmp_path / "f")["task"]
     for n in b:
         assert f[n].dtype == torch.bfloat16
-        exp = _slerp_ref(b[n], x[n], 0.4).bfloat16().reshape(-1)
+        exp = slerp_ref(b[n], x[n], 0.4).bfloat16().reshape(-1)
         idx = cores[n].indices()
         exp[idx] = x[n].reshape(-1)[idx]
         assert torch.equal(f[n].reshape(-1)[idx], x[n].reshape(-1)[idx])  # transplanted bit for bit
