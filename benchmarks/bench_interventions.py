@@ -78,11 +78,7 @@ def main(argv=None):
     tok = world.tokenizer
     world_cause = dict(zip(world.train["id"], world.train["world_cause"]))
     train = world.train.remove_columns("world_cause")  # nothing below the scoring sees the truth
-    # under_training stops on validation loss: the validation rows whose facts the corpus states (the
-    # world's validation also asks facts absent from it, whose loss only grows with the model's
-    # confidence in its guesses, so any further training "raises the validation loss")
-    val = world.validation.filter(lambda c: c != "missing_knowledge", input_columns="world_cause")
-    val = val.remove_columns("world_cause")
+    val = world.stopping_validation()  # under_training stops on it (the rows whose facts the corpus states)
     print(f"ILP-World {a.size} seed {a.seed}: {len(train)} train rows, built/loaded in {time.perf_counter() - t0:.0f} s")
 
     tracker = LearnTracker(dataset=train)

@@ -144,13 +144,14 @@ def main(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_a
         elif hub.push_to_hub:
             _say("--push_to_hub: nothing pushed, there is no diagnosis (it needs prompt-completion or messages data)")
     if script_args.intervene:  # causal tests: fix each diagnosed cause, re-run, re-diagnose
-        summary["interventions"] = _intervene(script_args, training_args, model_args, trainer, tokenizer, train, world)
+        summary["interventions"] = _intervene(script_args, training_args, model_args, trainer, tracker, tokenizer, train,
+                                              world)
         if trainer.is_world_process_zero():
             write_json_atomic(out / "diagnose_summary.json", summary)
     return summary
 
 
-def _intervene(script_args, training_args, model_args, trainer, tokenizer, train, world) -> dict:
+def _intervene(script_args, training_args, model_args, trainer, tracker, tokenizer, train, world) -> dict:
     """Run `hf_ilp.interventions` for the requested causes and print the diagnosis before and after."""
     from accelerate import PartialState
 
@@ -172,7 +173,7 @@ def _intervene(script_args, training_args, model_args, trainer, tokenizer, train
     elif world is not None:
         source = world_knowledge_source(world)
     if world is not None:
-        eval_dataset = world.validation
+        eval_dataset = world.stopping_validation()
     elif script_args.dataset_test_split and training_args.eval_strategy != "no":
         from datasets import load_dataset
 
@@ -183,11 +184,13 @@ def _intervene(script_args, training_args, model_args, trainer, tokenizer, train
         causes, before, train, out / "interventions", base_model=model_args.model_name_or_path or world.base_model_path,
         model=trainer.model, tokenizer=tokenizer, args=training_args, eval_dataset=eval_dataset,
         knowledge_source=source, general_texts=world.corpus["text"] if world is not None else None,
-        peft_config=get_peft_config(model_args), probes=world.probes if world is not None else None)
+        peft_config=get_peft_config(model_args), probes=world.probes if world is not None else None, tracker=tracker)
     if trainer.is_world_process_zero():
         print(format_before_after(before, afters))
         _say(f"intervention runs and their diagnoses in {out / 'interventions'}")
-    return {cause: str(result.path) for cause, (result, _) in afters.items()}
+    return {cause: {"path": str(result.path), "method": result.manifest["method"], "counts_after": after.counts,
+                    "confirmation": after.summary["intervention"]["confirmation"]}
+            for cause, (result, after) in afters.items()}
 
 
 def _print_summary(summary: dict) -> None:

@@ -26,8 +26,10 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -99,10 +101,19 @@ class InterventionResult:
 
         return load_from_disk(str(self.path / "train_dataset"))
 
-    def annotate(self, report) -> None:
-        """Record in a (new) report's summary which intervention produced the model it describes."""
+    @property
+    def removed_ids(self) -> list[str]:
+        """Training rows the intervention took out of the data (the members a judge rejected)."""
+        return [str(i) for i in self.manifest["details"].get("dropped", [])]
+
+    def annotate(self, report, before=None) -> None:
+        """Record in a (new) report's summary which intervention produced the model it describes,
+        and, given the report `before` it, how far it confirmed that diagnosis (`confirmation`)."""
         report.summary["intervention"] = {"cause": self.cause, "method": self.manifest["method"],
                                           "path": str(self.path)}
+        if before is not None:
+            found = confirmation(before, report, self.cause, removed=self.removed_ids)
+            report.summary["intervention"]["confirmation"] = {k: v for k, v in found.items() if not k.endswith("_ids")}
 
 
 def report_fingerprint(report) -> str:
@@ -122,6 +133,35 @@ def before_after(before, after) -> list[dict]:
     b, a = before.summary["n_unlearned"], after.summary["n_unlearned"]
     rows.append({"cause": "total", "before": b, "after": a, "change": a - b})
     return rows
+
+
+def confirmation(before, after, cause: str, removed: Sequence[str] = ()) -> dict:
+    """How far fixing `cause` confirmed its diagnosis, sample by sample.
+
+    Of the samples the report `before` attributed to `cause`: `fixed` are learned in `after` (the
+    diagnosis of the model the intervention produced, on the same data), `unfixed` are still
+    unlearned (`still`: what `after` now attributes them to), `removed` left the training data
+    (e.g. the members a judge rejected; no longer a sample to learn). `fixed_share` is fixed over
+    flagged minus removed (NaN when nothing is left). The `*_ids` lists name the samples.
+    """
+    if cause not in CAUSES:
+        raise ValueError(f"unknown cause {cause!r}; expected one of {CAUSES}")
+    flagged = [str(i) for i in before.by_cause(cause)["id"]]
+    gone = {str(i) for i in removed}
+    verdict = {str(i): (bool(learned), c) for i, learned, c in zip(after.samples["id"], after.samples["learned"],
+                                                                    after.samples["cause"])}
+    absent = [i for i in flagged if i not in gone and i not in verdict]
+    if absent:
+        raise ValueError(f"the report after the intervention lacks {len(absent)} of the samples flagged before "
+                         f"(e.g. {absent[:3]}); diagnose the new model on the same training data")
+    fixed = [i for i in flagged if i not in gone and verdict[i][0]]
+    unfixed = [i for i in flagged if i not in gone and not verdict[i][0]]
+    removed_ids = [i for i in flagged if i in gone]
+    kept = len(flagged) - len(removed_ids)
+    return {"cause": cause, "flagged": len(flagged), "fixed": len(fixed), "unfixed": len(unfixed),
+            "removed": len(removed_ids), "fixed_share": len(fixed) / kept if kept else math.nan,
+            "still": dict(Counter(verdict[i][1] for i in unfixed)),
+            "fixed_ids": fixed, "unfixed_ids": unfixed, "removed_ids": removed_ids}
 
 
 def _sft(model, tokenizer, dataset, args, callbacks, trainer_cls, eval_dataset=None):
@@ -249,6 +289,9 @@ def _under_training(ctx):
     return "extra_epochs+early_stopping", details, train, trainer
 
 
+#: Causes whose intervention continues the fine-tuned model instead of a new run from the base.
+CONTINUATIONS = ("under_training",)
+
 _RUNNERS: dict[str, Callable] = {
     "missing_knowledge": _knowledge,
     "knowledge_conflict": _knowledge,
@@ -368,11 +411,15 @@ def intervene(
 
 
 def intervene_and_rediagnose(causes: Sequence[str], report, train_dataset, output_dir, *, base_model, tokenizer, args,
-                             probes=None, diagnoser_config=None, **intervene_kwargs) -> dict:
-    """For each cause: `intervene` (a fresh `LearnTracker` on the new run), then diagnose the new
-    model on the same `train_dataset`; the new report is saved in `<run>/report` and records the
-    intervention that produced it. Returns `{cause: (InterventionResult, DiagnosisReport)}`.
+                             probes=None, diagnoser_config=None, tracker=None, **intervene_kwargs) -> dict:
+    """For each cause: `intervene`, then diagnose the new model on the same `train_dataset`; the new
+    report is saved in `<run>/report` and records the intervention that produced it and how far it
+    confirmed the diagnosis (`confirmation`). Returns `{cause: (InterventionResult, DiagnosisReport)}`.
 
+    A new run from the base model gets a fresh `LearnTracker`. under_training continues the
+    fine-tuned model: pass the `tracker` of the run that `report` diagnosed and a fork of it
+    (`LearnTracker.fork`) records the extra epochs after that run's history, so the new diagnosis
+    still sees the earlier stages (without it, only the extra epochs are on record).
     Every cause is checked first (a cause the report does not flag fails before any training).
     """
     from hf_ilp.diagnosis import diagnose
@@ -389,13 +436,14 @@ def intervene_and_rediagnose(causes: Sequence[str], report, train_dataset, outpu
     extra_callbacks = list(intervene_kwargs.pop("callbacks", ()))
     out = {}
     for cause in causes:
-        tracker = LearnTracker(dataset=train_dataset)
+        continues = cause in CONTINUATIONS and tracker is not None
+        recorder = tracker.fork() if continues else LearnTracker(dataset=train_dataset)
         result = intervene(cause, report, train_dataset, Path(output_dir) / f"intervention-{cause}",
                            base_model=base_model, tokenizer=tokenizer, args=args,
-                           callbacks=[*extra_callbacks, tracker], **intervene_kwargs)
-        after = diagnose(result.model, base, tokenizer, train_dataset, tracker.records, probes=probes,
+                           callbacks=[*extra_callbacks, recorder], **intervene_kwargs)
+        after = diagnose(result.model, base, tokenizer, train_dataset, recorder.records, probes=probes,
                          config=diagnoser_config)
-        result.annotate(after)
+        result.annotate(after, before=report)
         if _is_main_process():
             after.save(result.path / "report")
         out[cause] = (result, after)
@@ -403,7 +451,9 @@ def intervene_and_rediagnose(causes: Sequence[str], report, train_dataset, outpu
 
 
 def format_before_after(before, afters: dict) -> str:
-    """A plain-text table: unlearned count per cause before, and after each intervention."""
+    """A plain-text table: unlearned count per cause before, and after each intervention; the last
+    line says, per intervention, how many of the samples it targeted are now learned
+    (`confirmation`: fixed / flagged, rows it removed from the data left out)."""
     causes = list(afters)
     head = f"{'cause':<20}{'before':>8}" + "".join(f"{'after ' + c[:14]:>22}" for c in causes)
     lines = [head, "-" * len(head)]
@@ -412,4 +462,10 @@ def format_before_after(before, afters: dict) -> str:
         name = row["cause"]
         cells = "".join(f"{tables[c][name]['after']:>14} ({tables[c][name]['change']:+d})".rjust(22) for c in causes)
         lines.append(f"{name:<20}{row['before']:>8}{cells}")
+    cells = ""
+    for c, (result, rep) in afters.items():
+        found = confirmation(before, rep, c, removed=result.removed_ids)
+        cell = f"{found['fixed']}/{found['flagged'] - found['removed']}"
+        cells += (cell + (f" ({found['fixed_share']:.0%})" if found["flagged"] > found["removed"] else "")).rjust(22)
+    lines += ["-" * len(head), f"{'fixed / flagged':<28}{cells}"]
     return "\n".join(lines)

@@ -17,7 +17,7 @@ observations; a training-pass observation only lists the rows trained since the 
 | `row_hash` | str | 16-hex-digit hash of the row's token ids (how the tracker recognizes it in a batch) |
 | `obs_step` | list[int] | optimizer steps since the tracker's first training run (stages add up) |
 | `obs_epoch` | list[float] | `state.epoch` of the run being trained (restarts at each stage) |
-| `obs_stage` | list[int] | stage being trained (the trained rows' `stage`; else the run's index, from 0) |
+| `obs_stage` | list[int] | stage being trained (the trained rows' `stage`; else the run's index, from 0; a run over rows of several stages: -1, or the next stage number when it follows stage-by-stage runs) |
 | `obs_kind` | list[str] | `epoch`, `steps` (both from the training forward passes: the row's first training forward since the previous observation), `stage_end`, `final` (both from `check_learned` on the current weights, every row) |
 | `nll` | list[float] | mean completion-token negative log-likelihood |
 | `token_acc` | list[float] | share of completion tokens that are the argmax |

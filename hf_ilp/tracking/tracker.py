@@ -13,11 +13,12 @@ earlier stages are observed after later ones. See `hf_ilp.tracking.records` for 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -192,7 +193,13 @@ class LearnTracker(TrainerCallback):
         stages = {self.rows.stages[self._index[h][0]] for h in trained or ()} - {-1}
         if state.global_step > 0:
             self._restore(args, state)
-        self._stage = stages.pop() if len(stages) == 1 else (self._run if not stages else -1)
+        if len(stages) == 1:
+            self._stage = stages.pop()
+        elif not stages:
+            self._stage = self._run
+        else:  # rows of several stages: after stage-by-stage runs, a continuation is the next stage
+            earlier = [ev["stage"] for ev in self._events if ev["stage"] >= 0]
+            self._stage = max(earlier) + 1 if earlier else -1
         self._last_obs_step = state.global_step
         if self._hook is None:
             self._hook = model.register_forward_hook(self._on_forward, with_kwargs=True)
@@ -460,6 +467,18 @@ class LearnTracker(TrainerCallback):
             state.log_history[-1].update({k: v for k, v in logs.items() if k.startswith("ilp/")})
 
     # ---- records, checkpoints and resume ----------------------------------------------------
+    def fork(self) -> "LearnTracker":
+        """A copy that goes on recording from this tracker's history, for a run that continues the
+        same model (extra epochs after the last stage): its records hold the earlier runs, then the
+        new one, and are written to the new run's `output_dir` (`records_dir` is not inherited).
+        This tracker is left as it is; the tracked dataset is shared, not copied."""
+        if self._hook is not None:
+            raise ValueError("LearnTracker.fork: a run is still training with this tracker; fork it after train()")
+        new = copy.deepcopy(self, memo={id(self.dataset): self.dataset})
+        new.config = replace(self.config, records_dir=None)
+        new.records_path = None
+        return new
+
     @property
     def records(self):
         """The records so far, as a `datasets.Dataset` (schema: `hf_ilp.tracking.records`)."""

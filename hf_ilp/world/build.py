@@ -78,6 +78,14 @@ class World:
     def base_model_path(self) -> Path:
         return self.path / "base_model"
 
+    def stopping_validation(self):
+        """The validation rows to early-stop on: those about facts the corpus states, without the
+        `world_cause` column. (The other rows ask facts absent from the corpus; their loss only
+        grows as the model grows surer of its guesses, so any further training would "raise the
+        validation loss".)"""
+        known = self.validation.filter(lambda c: c != "missing_knowledge", input_columns="world_cause")
+        return known.remove_columns("world_cause")
+
     def load_base_model(self, **kwargs):
         """A fresh copy of the pre-trained base model (`AutoModelForCausalLM.from_pretrained`)."""
         from transformers import AutoModelForCausalLM

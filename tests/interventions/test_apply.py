@@ -7,7 +7,7 @@ import torch
 from datasets import Dataset
 
 from hf_ilp.diagnosis.report import DiagnosisReport
-from hf_ilp.interventions.apply import InterventionConfig, before_after, intervene
+from hf_ilp.interventions.apply import InterventionConfig, before_after, confirmation, intervene
 from hf_ilp.interventions.knowledge import BM25KnowledgeSource, KnowledgeSource
 
 from tests.interventions.conftest import make_rows, sft_args
@@ -147,6 +147,23 @@ def test_before_after_table():
     assert table["total"]["before"] == 3 and table["total"]["after"] == 2
 
 
+def test_confirmation_counts_each_flagged_sample():
+    ids = [f"s{i}" for i in range(8)]
+    before = _report(ids, {"forgetting": ["s1", "s2", "s3", "s4"], "under_training": ["s5"]})
+    after = _report(ids, {"forgetting": ["s2"], "unexplained": ["s3"], "under_training": ["s5", "s6"]})
+    found = confirmation(before, after, "forgetting", removed=["s4", "s7"])
+    assert (found["flagged"], found["fixed"], found["unfixed"], found["removed"]) == (4, 1, 2, 1)
+    assert found["fixed_share"] == pytest.approx(1 / 3)
+    assert found["still"] == {"forgetting": 1, "unexplained": 1}
+    assert (found["fixed_ids"], found["unfixed_ids"], found["removed_ids"]) == (["s1"], ["s2", "s3"], ["s4"])
+    nothing_left = confirmation(before, after, "under_training", removed=["s5"])
+    assert nothing_left["removed"] == 1 and nothing_left["fixed_share"] != nothing_left["fixed_share"]  # NaN
+    with pytest.raises(ValueError, match="lacks 1 of the samples flagged"):
+        confirmation(before, _report(ids[:4], {}), "under_training")
+    with pytest.raises(ValueError, match="unknown cause"):
+        confirmation(before, after, "forgeting")
+
+
 def test_intervene_and_rediagnose_saves_a_new_report_naming_the_intervention(tmp_path, tokenizer, tiny_model):
     from hf_ilp.interventions import format_before_after, intervene_and_rediagnose
 
@@ -163,3 +180,8 @@ def test_intervene_and_rediagnose_saves_a_new_report_naming_the_intervention(tmp
     assert saved.summary["intervention"]["cause"] == "forgetting" and len(saved) == len(train)
     table = format_before_after(report, out)
     assert "after forgetting" in table and table.splitlines()[2].startswith("missing_knowledge")
+    found = saved.summary["intervention"]["confirmation"]
+    assert found["flagged"] == 2 and found["fixed"] + found["unfixed"] == 2 and "fixed_ids" not in found
+    assert found["fixed"] == sum(learned for i, learned in zip(saved.samples["id"], saved.samples["learned"])
+                                 if i in CAUSE_ROWS["forgetting"])
+    assert table.splitlines()[-1].split() == ["fixed", "/", "flagged", f"{found['fixed']}/2", f"({found['fixed_share']:.0%})"]

@@ -113,6 +113,44 @@ def test_sequential_stages_observe_every_row(given, make_model, word_tokenizer, 
     np.testing.assert_allclose(records["final_p_gold"], final["p_gold"], rtol=1e-6)
 
 
+def test_fork_continues_the_history_after_the_stages(make_model, word_tokenizer, tmp_path):
+    """Extra epochs over rows of both stages after stage-by-stage runs: a fork records them as the
+    next stage after the earlier ones, writes to the new run's folder and leaves the original as it was."""
+    data = make_rows(n_items=8, stages=True)
+    model = make_model(hidden_size=48)
+    tracker = LearnTracker(dataset=data, config=LearnTrackerConfig(records_dir=str(tmp_path / "records")))
+    for stage in (0, 1):
+        part = data.filter(lambda r: r["stage"] == stage)
+        SFTTrainer(model=model, args=sft_args(tmp_path / f"stage-{stage}", num_train_epochs=1, per_device_train_batch_size=4),
+                   train_dataset=part, processing_class=word_tokenizer, callbacks=[tracker]).train()
+    before = tracker.records
+    fork = tracker.fork()
+    extra = data.select([0, 1, 8, 9]).rename_column("stage", "source_stage")  # rows of stages 0 and 1
+    SFTTrainer(model=model, args=sft_args(tmp_path / "extra", num_train_epochs=1, per_device_train_batch_size=4),
+               train_dataset=extra, processing_class=word_tokenizer, callbacks=[fork]).train()
+    after = fork.records
+    _assert_same_records(tracker.records, before)  # the original is untouched
+    assert after["id"] == before["id"]
+    for old, new in zip(before, after):
+        assert new["obs_stage"][: len(old["obs_stage"])] == old["obs_stage"]
+        assert new["obs_kind"][: len(old["obs_kind"]) - 1] == old["obs_kind"][:-1]  # the old final became a stage end
+        assert new["obs_kind"][len(old["obs_kind"]) - 1] == "stage_end" and new["obs_kind"][-1] == "final"
+        assert set(new["obs_stage"][len(old["obs_stage"]):]) == {2}  # the continuation is stage 2
+        assert new["obs_step"][-1] == 2 + 2 + 1  # 8 rows a stage in 2 steps of 4, then 4 rows in 1 step
+    assert load_records(tmp_path / "extra")["obs_stage"] == after["obs_stage"]  # written where the new run writes
+    assert len(load_records(tmp_path / "records")["obs_kind"][0]) == len(before["obs_kind"][0])
+    final = check_learned(model, word_tokenizer, data, progress=False)
+    assert after["final_exact"] == final["exact"]
+
+
+def test_a_mixed_run_without_earlier_stages_has_no_stage(make_model, word_tokenizer, tmp_path):
+    data = make_rows(n_items=4, stages=True)
+    tracker = LearnTracker(dataset=data)
+    SFTTrainer(model=make_model(), args=sft_args(tmp_path, num_train_epochs=1, per_device_train_batch_size=4),
+               train_dataset=data, processing_class=word_tokenizer, callbacks=[tracker]).train()
+    assert {s for r in tracker.records["obs_stage"] for s in r} == {-1}
+
+
 class _Crash(TrainerCallback):
     def __init__(self, at_step):
         self.at_step = at_step
