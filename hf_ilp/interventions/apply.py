@@ -69,12 +69,12 @@ class InterventionConfig:
         default=0.01, metadata={"help": "Stop when val loss(e) > val loss(e-1) + delta (paper: 0.01)."})
     extra_on: str = field(
         default="flagged", metadata={"help": "What the extra epochs train on: 'flagged' (the under-trained samples, "
-                                            "upsample_factor copies each, plus as many replayed other rows times "
-                                            "extra_replay_ratio) or 'all' (the whole training set, flagged rows "
-                                            "upsampled)."})
+                                            "upsample_factor copies each, plus extra_replay_ratio replayed other rows "
+                                            "per copy) or 'all' (the whole training set, flagged rows upsampled)."})
     extra_replay_ratio: float = field(
-        default=1.0, metadata={"help": "With extra_on='flagged': replayed other rows per flagged copy (a seeded "
-                                       "sample, drawn again each epoch by the trainer's shuffling of a fixed set)."})
+        default=0.0, metadata={"help": "With extra_on='flagged': replayed other rows per flagged copy (a seeded "
+                                       "sample, one fixed set reshuffled each epoch); 0: the flagged samples only, "
+                                       "the validation loss guarding the rest."})
     upsample_factor: int = field(
         default=4, metadata={"help": "Copies of each under-trained sample in every extra epoch (1: none)."})
 

@@ -5,9 +5,11 @@ the validation loss rises, val_loss(e) > val_loss(e-1) + delta (delta = 0.01). H
 epochs continue from the fine-tuned model; the epoch that raised the loss is undone (the weights
 of the last accepted evaluation are restored), so the result is the paper's "last good epoch".
 The extra epochs are targeted (`targeted`, the default): they go over the flagged samples,
-several copies each, and an equal number of replayed other rows, so the rare samples get the
-optimization they lacked while the rest is rehearsed rather than trained for whole extra epochs
-(which overfits it and, on a validation set of unseen questions, stops the run at once).
+several copies each, so the rare samples get the optimization they lacked without training the
+rest for whole extra epochs (which overfits it and stops the run at once). What the extra
+epochs do to the rest is what the validation loss measures; where fitting the flagged samples
+pulls the others away, `replay_ratio` mixes in replayed other rows (replaying rows that are
+already fitted retrains them at the full learning rate, itself a source of validation drift).
 `upsample` keeps the whole training set and only adds copies of the flagged rows.
 
     stop = ValLossRiseStopping(delta=0.01)
@@ -71,7 +73,7 @@ def upsample(dataset, ids, factor: int):
     return concatenate_datasets([dataset] + [extra] * (factor - 1))
 
 
-def targeted(dataset, ids, factor: int, replay_ratio: float = 1.0, seed: int = 0):
+def targeted(dataset, ids, factor: int, replay_ratio: float = 0.0, seed: int = 0):
     """A new dataset for targeted extra epochs: `factor` copies of each row with an id in `ids`, and
     round(replay_ratio x that many) other rows drawn without replacement (seeded; all of them if
     there are fewer). Copies keep their id."""

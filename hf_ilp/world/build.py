@@ -32,7 +32,7 @@ from hf_ilp.world.generate import WorldSpec, generate
 
 logger = logging.getLogger(__name__)
 
-WORLD_VERSION = "2"
+WORLD_VERSION = "3"
 SPLITS = ("train", "validation", "corpus", "probes")
 
 SIZES = {

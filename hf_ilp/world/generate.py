@@ -12,8 +12,9 @@ the world is constructed, never by a label alone (the label `world_cause` only r
 - `forgetting`: stage 0 teaches an ambiguous prompt ("tell me about E") to answer E's colour;
   stage 1 teaches the same prompt, for other entities, to answer their city. The stage-0
   samples are learned in stage 0 and overwritten by stage 1; ordinary stage-0 questions survive.
-- `under_training`: rare, long completions (one-off profiles: three facts of one entity that the corpus states),
-  which the default SFT budget does not fit but a longer one does.
+- `under_training`: rare, long completions (one-off profiles: three facts of one entity that the
+  corpus states, in a prompt frame of their own), which the default SFT budget does not fit but a
+  longer one does: trained longer in their stage, they are still reproduced after the last stage.
 
 Normal samples (`world_cause == ""`) ask facts the corpus states, in the QA formats it uses.
 
@@ -21,8 +22,10 @@ Stages: the samples of missing_knowledge, knowledge_conflict and data_inconsiste
 last stage, so no later stage can overwrite them: a sample of one of these causes that was
 learned in an earlier stage and lost in a later one would show left-side forgetting as well,
 and its planted label would no longer name the one cause behind it. Stage 0 holds the
-forgetting samples, the one-off profiles (under_training; a profile in the last stage leaks its
-multi-token answers into the QA format) and a share of the normal samples.
+forgetting samples, the one-off profiles (under_training) and a share of the normal samples.
+A profile asked in the QA frame ("question : give the pet , job and city of E . answer :", world
+version 2) was erased by the last stage even once learned (left-side forgetting, not only
+under-training), so profiles have their own frame.
 """
 
 import random
@@ -40,7 +43,9 @@ PROBE = "the {rel} of {ent} is"
 AMBIGUOUS = "question : tell me about {ent} . answer :"
 AMBIGUOUS_STAGE0, AMBIGUOUS_STAGE1 = "color", "city"
 PROFILE_RELATIONS = ("pet", "job", "city")
-PROFILE = "question : give the pet , job and city of {ent} . answer :"
+# a frame of its own (no "question : ... answer :"): in the QA frame, the one-value answers of the
+# later stage overwrote profiles learned in stage 0, and fitting the profiles made QA answers run on
+PROFILE = "give {ent} pet , job and city :"
 
 
 @dataclass(frozen=True)
