@@ -9,6 +9,11 @@ training row again with the exact learn-check. Scores use the world's planted `w
 - others: unlearned planted samples of the other causes, before -> after (target: <= +10%);
 - normal: share of normal samples learned after the intervention (target: >= 95%).
 
+For data_inconsistency it also prints how often the model answers the disputed facts as the corpus
+states them (each pair's fact asked with both QA templates and as a statement): the paper's gains
+for bucketing are in accuracy, not in reproducing both members of a pair, which one prompt with two
+answers cannot do.
+
 under_training's early stopping reads the world's validation rows about facts the corpus states;
 the rows about facts absent from it are left out of that set (see `main`).
 
@@ -42,6 +47,32 @@ def _unlearned_by_cause(model, tokenizer, train, world_cause, kept=None):
         if c and i in exact and not exact[i]:
             counts[c] += 1
     return counts, sum(normal) / len(normal), exact
+
+
+def _disputed_facts(world):
+    """Each planted inconsistent pair's fact, asked three ways with the answer the corpus states:
+    both QA templates (one of them, or both, is the pair's own prompt) and the corpus statement."""
+    from datasets import Dataset
+
+    from hf_ilp.world.generate import QA_TEMPLATES
+
+    corpus = set(world.corpus["text"])
+    rows = []
+    for row, probe in zip(world.train, world.probes):
+        statement, said = probe["probe_prompts"][0], probe["probe_completions"][0]
+        if row["world_cause"] != "data_inconsistency" or statement + said not in corpus:
+            continue  # the wrong member: its value is not the corpus's
+        _, rel, _, ent, _ = statement.split()
+        for k, template in enumerate(QA_TEMPLATES):
+            rows.append({"id": f"{row['id']}-qa{k}", "prompt": template.format(rel=rel, ent=ent), "completion": row["completion"]})
+        rows.append({"id": f"{row['id']}-statement", "prompt": statement, "completion": said})
+    return Dataset.from_list(rows)
+
+
+def _fact_accuracy(model, tokenizer, facts):
+    from hf_ilp import check_learned
+
+    return sum(check_learned(model, tokenizer, facts, progress=False)["exact"]) / len(facts)
 
 
 def _save(out, a, before, normal_before, report, results):
@@ -87,6 +118,8 @@ def main(argv=None):
     report = diagnose(sft, base, tok, train, tracker.records, probes=world.probes)
     report.save(out / "baseline" / "report")
     before, normal_before, exact_before = _unlearned_by_cause(sft, tok, train, world_cause)
+    disputed = _disputed_facts(world)  # what the paper measures bucketing by: the facts, not the pairs
+    disputed_before = _fact_accuracy(sft, tok, disputed)
     print(f"baseline: unlearned planted {before}, normals learned {normal_before:.3f}; diagnosed {report.counts}",
           flush=True)
 
@@ -131,6 +164,8 @@ def main(argv=None):
             "normal_learned": normal_after, "targeted_before": tgt_b, "targeted_after": tgt_a, "after": after, "seconds": time.perf_counter() - t,
             "details": {k: v for k, v in res.manifest["details"].items() if k != "resampling_history"},
         }
+        if cause == "data_inconsistency":
+            row["disputed_facts"] = (disputed_before, _fact_accuracy(res.model, tok, disputed))
         results.append(row)
         print(f"{cause}: {res.manifest['method']} in {row['seconds']:.0f} s; unlearned planted after {after}, "
               f"normals learned {normal_after:.3f}", flush=True)
@@ -151,6 +186,11 @@ def main(argv=None):
               f"{str(r['targeted_before']) + '->' + str(r['targeted_after']):>15}"
               f"{str(r['others_before']) + '->' + str(r['others_after']):>13}{r['others_change']:>+8.0%}"
               f"{r['normal_learned']:>8.0%}  {'ok' if all(ok) else 'MISSED ' + ','.join(n for n, o in zip(('own', 'others', 'normal'), ok) if not o)}")
+    for r in results:
+        if "disputed_facts" in r:
+            b, a_ = r["disputed_facts"]
+            print(f"{r['cause']}: the disputed facts answered as the corpus states them (both QA templates and the "
+                  f"statement, {len(disputed)} questions): {b:.0%} -> {a_:.0%} (no target)")
     dropped = [f"{r['cause']}: {r['dropped']} rows dropped (scored on the rows kept)" for r in results if r["dropped"]]
     if dropped:
         print("; ".join(dropped))
