@@ -14,8 +14,8 @@ states them (each pair's fact asked with both QA templates and as a statement): 
 for bucketing are in accuracy, not in reproducing both members of a pair, which one prompt with two
 answers cannot do.
 
-under_training's early stopping reads the world's validation rows about facts the corpus states;
-the rows about facts absent from it are left out of that set (see `main`).
+under_training's early stopping reads the world's validation rows about facts the corpus states
+(`World.stopping_validation`).
 
     nice -n 10 python benchmarks/bench_interventions.py --size small
 """
@@ -54,14 +54,15 @@ def _disputed_facts(world):
     both QA templates (one of them, or both, is the pair's own prompt) and the corpus statement."""
     from datasets import Dataset
 
+    from hf_ilp.world.evaluate import inconsistent_members
     from hf_ilp.world.generate import QA_TEMPLATES
 
-    corpus = set(world.corpus["text"])
+    right = inconsistent_members(world)
     rows = []
     for row, probe in zip(world.train, world.probes):
+        if not right.get(row["id"]):
+            continue  # not a pair member, or the wrong one: its value is not the corpus's
         statement, said = probe["probe_prompts"][0], probe["probe_completions"][0]
-        if row["world_cause"] != "data_inconsistency" or statement + said not in corpus:
-            continue  # the wrong member: its value is not the corpus's
         _, rel, _, ent, _ = statement.split()
         for k, template in enumerate(QA_TEMPLATES):
             rows.append({"id": f"{row['id']}-qa{k}", "prompt": template.format(rel=rel, ent=ent), "completion": row["completion"]})

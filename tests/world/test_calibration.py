@@ -8,7 +8,7 @@ from transformers import TrainerCallback
 
 from hf_ilp.training import train_stages
 from hf_ilp.world import build_world, reproduced
-from hf_ilp.world.evaluate import unlearned_by_cause
+from hf_ilp.world.evaluate import inconsistent_members, unlearned_by_cause
 
 CAUSES = ("missing_knowledge", "knowledge_conflict", "data_inconsistency", "forgetting", "under_training")
 MOST = 0.6  # "most of those samples learned" once the cause is removed
@@ -68,13 +68,7 @@ def test_calibration_and_forgetting(tiny_world, default_run):
 
 def _wrong_member_ids(world):
     """Inconsistent pairs: the member whose answer is not the one the corpus states."""
-    corpus = set(world.corpus["text"])
-    wrong = set()
-    for row, probe in zip(world.train, world.probes):
-        if row["world_cause"] == "data_inconsistency":
-            if probe["probe_prompts"][0] + probe["probe_completions"][0] not in corpus:
-                wrong.add(row["id"])
-    return wrong
+    return {i for i, right in inconsistent_members(world).items() if not right}
 
 
 def test_causal_inconsistency(tiny_world, tmp_path):
