@@ -193,12 +193,12 @@ class LearnTracker(TrainerCallback):
         stages = {self.rows.stages[self._index[h][0]] for h in trained or ()} - {-1}
         if state.global_step > 0:
             self._restore(args, state)
-        if len(stages) == 1:
+        earlier = [ev["stage"] for ev in self._events if ev["stage"] >= 0]
+        if len(stages) == 1 and (not earlier or min(stages) >= max(earlier)):
             self._stage = stages.pop()
         elif not stages:
             self._stage = self._run
-        else:  # rows of several stages: after stage-by-stage runs, a continuation is the next stage
-            earlier = [ev["stage"] for ev in self._events if ev["stage"] >= 0]
+        else:  # rows of several stages, or of a stage already left behind: a continuation is the next stage
             self._stage = max(earlier) + 1 if earlier else -1
         self._last_obs_step = state.global_step
         if self._hook is None:

@@ -40,15 +40,23 @@ def test_config_loads_and_names_only_known_launch_options(name):
         assert config.fsdp_config["fsdp_version"] == 2
 
 
+# Each process writes its rank to a file of its own: two processes printing to one stdout at once
+# can interleave their lines ('RANK 1/2RANK 0/2').
 _PROBE = """\
 import os
+import sys
+from pathlib import Path
+
 import torch.distributed as dist
+
 if int(os.environ.get("WORLD_SIZE", 1)) > 1:
     dist.init_process_group("gloo")
-    print(f"RANK {dist.get_rank()}/{dist.get_world_size()}", flush=True)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dist.barrier()
     dist.destroy_process_group()
 else:
-    print("RANK 0/1", flush=True)
+    rank, world = 0, 1
+(Path(sys.argv[1]) / f"rank-{rank}").write_text(f"{rank}/{world}")
 """
 
 
@@ -56,10 +64,11 @@ else:
 @pytest.mark.parametrize("name,n", [("single_process.yaml", 1), ("multi_gpu.yaml", 2)])
 def test_config_launches_on_cpu(name, n, tmp_path):
     """`accelerate launch --config_file` starts the expected number of processes (gloo on CPU)."""
-    script = tmp_path / "probe.py"
+    script, ranks = tmp_path / "probe.py", tmp_path / "ranks"
     script.write_text(_PROBE)
+    ranks.mkdir()
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / name),
-           "--num_processes", str(n), "--mixed_precision", "no", str(script)]
+           "--num_processes", str(n), "--mixed_precision", "no", str(script), str(ranks)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert out.returncode == 0, out.stderr[-2000:]
-    assert sorted(line for line in out.stdout.splitlines() if line.startswith("RANK")) == [f"RANK {r}/{n}" for r in range(n)]
+    assert {p.name: p.read_text() for p in ranks.iterdir()} == {f"rank-{r}": f"{r}/{n}" for r in range(n)}

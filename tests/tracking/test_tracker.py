@@ -113,9 +113,12 @@ def test_sequential_stages_observe_every_row(given, make_model, word_tokenizer, 
     np.testing.assert_allclose(records["final_p_gold"], final["p_gold"], rtol=1e-6)
 
 
-def test_fork_continues_the_history_after_the_stages(make_model, word_tokenizer, tmp_path):
-    """Extra epochs over rows of both stages after stage-by-stage runs: a fork records them as the
-    next stage after the earlier ones, writes to the new run's folder and leaves the original as it was."""
+@pytest.mark.parametrize("extra_rows", [[0, 1, 8, 9], [0, 1, 2, 3]], ids=["both_stages", "stage_0_only"])
+def test_fork_continues_the_history_after_the_stages(extra_rows, make_model, word_tokenizer, tmp_path):
+    """Extra epochs after stage-by-stage runs, over rows of both stages or of the first stage only: a
+    fork records them as the next stage after the earlier ones (never as the rows' own stage, which
+    would hide that stage 1 came in between), writes to the new run's folder and leaves the original
+    as it was."""
     data = make_rows(n_items=8, stages=True)
     model = make_model(hidden_size=48)
     tracker = LearnTracker(dataset=data, config=LearnTrackerConfig(records_dir=str(tmp_path / "records")))
@@ -125,7 +128,7 @@ def test_fork_continues_the_history_after_the_stages(make_model, word_tokenizer,
                    train_dataset=part, processing_class=word_tokenizer, callbacks=[tracker]).train()
     before = tracker.records
     fork = tracker.fork()
-    extra = data.select([0, 1, 8, 9]).rename_column("stage", "source_stage")  # rows of stages 0 and 1
+    extra = data.select(extra_rows).rename_column("stage", "source_stage")
     SFTTrainer(model=model, args=sft_args(tmp_path / "extra", num_train_epochs=1, per_device_train_batch_size=4),
                train_dataset=extra, processing_class=word_tokenizer, callbacks=[fork]).train()
     after = fork.records
