@@ -3,6 +3,7 @@
 import pytest
 from transformers import TrainerCallback
 
+from hf_ilp import check_learned
 from hf_ilp.training import train_stages
 from hf_ilp.world.multitask import _rows_and_corpus, build_multitask_world
 
@@ -34,16 +35,24 @@ def test_world_contents(mt_world):
 
 
 def test_sequential_training_shows_interference(mt_world, tmp_path):
-    """The seesaw: learning 'reverse' after 'copy' destroys 'copy' (same input format, other mapping)."""
+    """The seesaw: learning 'reverse' after 'copy' destroys 'copy' (same input format, other mapping).
+
+    Asserted with wide margins (seen on seeds 0-5 with 16 epochs a stage): copy is learned alone
+    (0.97-1.0 exact on 32 held-out rows, bound 0.8) and collapses once reverse is trained (to 0.06 or less;
+    the bound, a drop of 0.5, needs 15 rows to move). Reverse's exact match is not asserted: after
+    the same budget it ranges from 0.59 to 1.0 across seeds and machines. That stage 1 did learn it
+    is read from its mean completion NLL, which falls 14x or more (bound: 4x)."""
     after_stage = []
+    reverse = mt_world.validation.filter(lambda t: t == "reverse", input_columns="task")
 
     class _Eval(TrainerCallback):
         def on_train_end(self, args, state, control, model=None, **kwargs):
-            after_stage.append(mt_world.evaluate(model))
+            nll = check_learned(model, mt_world.tokenizer, reverse, progress=False)["nll"]
+            after_stage.append({**mt_world.evaluate(model), "reverse_nll": sum(nll) / len(nll)})
 
     two_tasks = mt_world.train.filter(lambda r: r["task"] in ("copy", "reverse"))
-    args = mt_world.sft_config(tmp_path / "seq", num_train_epochs=8, logging_steps=1000)
+    args = mt_world.sft_config(tmp_path / "seq", num_train_epochs=16, logging_steps=1000)
     train_stages(mt_world.load_base_model(), mt_world.tokenizer, two_tasks, args, callbacks=[_Eval()])
-    assert after_stage[0]["copy"] >= 0.8  # learned in its own stage
-    assert after_stage[1]["reverse"] >= 0.5
-    assert after_stage[1]["copy"] <= after_stage[0]["copy"] - 0.5  # then mostly forgotten
+    assert after_stage[0]["copy"] >= 0.8, after_stage  # learned in its own stage
+    assert after_stage[1]["copy"] <= after_stage[0]["copy"] - 0.5, after_stage  # then mostly forgotten
+    assert after_stage[1]["reverse_nll"] <= after_stage[0]["reverse_nll"] / 4, after_stage  # while reverse was learned
