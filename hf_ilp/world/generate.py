@@ -144,10 +144,20 @@ def generate(spec: WorldSpec, seed: int, complete_knowledge: bool = False) -> Wo
     forgetting = take(spec.forgetting, AMBIGUOUS_STAGE0)
     forgetting_entities = {e for e, _ in forgetting}
     retarget = take(spec.retarget, AMBIGUOUS_STAGE1, exclude_entities=forgetting_entities)
-    missing = take(spec.missing)
-    validation_missing = take(spec.validation_missing)
-    conflict = take(spec.conflict)
-    pairs = take(spec.inconsistent_pairs)
+    free = list(pool)
+
+    def plant(exclude_entities=()):
+        return [take(count, exclude_entities=exclude_entities)
+                for count in (spec.missing, spec.validation_missing, spec.conflict, spec.inconsistent_pairs)]
+
+    missing, validation_missing, conflict, pairs = plant()
+    # the one-off profiles need entities that no planted fact touches
+    planted = {e for e, _ in missing + validation_missing + conflict + pairs}
+    profile_entities = sorted(set(entities) - planted)
+    if len(profile_entities) < spec.profiles:  # a rare seed: reserve the profiles' entities first
+        profile_entities = sorted(profile_rng.sample(sorted(entities), spec.profiles))
+        pool[:] = free
+        missing, validation_missing, conflict, pairs = plant(exclude_entities=set(profile_entities))
     normal0 = take(spec.normal_stage0)
     normal1 = take(spec.normal_stage1)
     validation_normal = take(spec.validation_normal)
@@ -186,7 +196,6 @@ def generate(spec: WorldSpec, seed: int, complete_knowledge: bool = False) -> Wo
         row = {"prompt": AMBIGUOUS.format(ent=fact[0]), "completion": f" {facts[fact]}"}
         add(row, 1, "", [(*fact, facts[fact])])
     # one-off long completions: three facts of one entity, in a format no other sample uses
-    profile_entities = sorted({e for e, _ in facts} - {e for e, _ in absent | set(conflict) | set(pairs)})
     for ent in profile_rng.sample(profile_entities, spec.profiles):
         row = {
             "prompt": PROFILE.format(ent=ent),

@@ -21,6 +21,19 @@ def test_generation_is_deterministic_by_seed():
     assert a.train != c.train and a.corpus != c.corpus
 
 
+@pytest.mark.parametrize("size,seed", [("tiny", 0), ("tiny", 5), ("tiny", 15), ("small", 8)])
+def test_every_seed_plants_profiles_on_untouched_entities(size, seed):
+    """Seeds whose planted facts leave too few untouched entities (tiny 5 and 15, small 8) reserve the
+    profiles' entities first; the profiles never share an entity with a missing, contradicted or
+    inconsistent fact."""
+    text = generate(SIZES[size], seed)
+    probes = {p["id"]: p for p in text.probes}
+    entity = {r["id"]: probes[r["id"]]["probe_prompts"][0].split()[-2] for r in text.train}
+    profiles = {entity[r["id"]] for r in text.train if r["world_cause"] == "under_training"}
+    planted = {entity[r["id"]] for r in text.train if r["world_cause"] in {"missing_knowledge", "knowledge_conflict", "data_inconsistency"}}
+    assert len(profiles) == SIZES[size].profiles and not profiles & planted
+
+
 def test_pretraining_is_deterministic_by_seed():
     text = generate(SIZES["tiny"], 0)
     tokenizer = build_word_tokenizer(text.words)
@@ -79,12 +92,16 @@ def test_planting_is_genuine(tiny_world):
     probes = Dataset.from_list(rows)
     known = reproduced(model, w.tokenizer, probes)
     share = {}
-    for cause in CAUSES | {""}:
-        flags = [k for k, r in zip(known, rows) if r["cause"] == cause]
-        share[cause] = sum(flags) / len(flags)
-    assert share[""] >= 0.95 and share["forgetting"] >= 0.9 and share["under_training"] >= 0.9
-    assert share["missing_knowledge"] <= 0.2  # never stated in the corpus
-    assert share["knowledge_conflict"] <= 0.1  # the corpus states another value
+    for causes in ({"", "forgetting", "under_training"}, {"missing_knowledge"}, {"knowledge_conflict"}):
+        flags = [k for k, r in zip(known, rows) if r["cause"] in causes]
+        share[min(causes)] = sum(flags) / len(flags)
+    # Wide margins (the per-cause figures are the slow calibration's): the base answered 80 of the 80
+    # probes of stated facts on seeds 0-5 (bound: 72), and 0-1 of the 8 probes of an unstated fact
+    # and 0 of the 8 of a contradicted one. Unstated, a fact is hit only by chance (1 of 24 values):
+    # 4 of 8 would take a leak into the corpus.
+    assert share[""] >= 0.9, share  # stated in the corpus
+    assert share["missing_knowledge"] <= 0.5, share  # never stated in the corpus
+    assert share["knowledge_conflict"] <= 0.5, share  # the corpus states another value
     # the corpus never states the missing facts, and states the contradicted ones otherwise
     corpus = set(w.corpus["text"])
     missing = [p for p, c in zip(w.probes, w.train["world_cause"]) if c == "missing_knowledge"]
