@@ -1,5 +1,10 @@
 // Argument checking, group layout and output allocation shared by the CPU op (fp4_cpu.cpp) and
 // the CUDA binding (fp4_cuda_binding.cpp). Uses torch; the kernels themselves do not.
+//
+// Every argument is checked in `prepare`, on the calling thread, before anything is allocated or
+// computed. Later only an allocation or a CUDA launch can fail, never inside a parallel region.
+// The checks raise c10::ValueError / c10::TypeError, which reach Python as ValueError /
+// TypeError, with the types and wording of `check_arguments` in hf_ilp/fp4/reference.py.
 #pragma once
 // Narrow ATen includes (not <ATen/ATen.h>): they halve the first-use compile time.
 #include <ATen/core/Tensor.h>
@@ -27,14 +32,16 @@ inline int parse_mode(const std::string& mode) {
   if (mode == "half") return kHalf;
   if (mode == "halfs") return kHalfS;
   if (mode == "mse") return kMse;
-  TORCH_CHECK(false, "hf_ilp::fp4_quantize: mode must be one of 'max', 'half', 'halfs', 'mse', got '",
-              mode, "'");
+  TORCH_CHECK_VALUE(false,
+                    "hf_ilp::fp4_quantize: mode must be one of 'max', 'half', 'halfs', 'mse', got '",
+                    mode, "'");
 }
 
 inline Layout make_layout(const at::Tensor& x, int64_t group_size) {
-  TORCH_CHECK(group_size > 0 || group_size == -1 || group_size == 0,
-              "hf_ilp::fp4_quantize: group_size must be a positive block size, -1 (row) or 0 "
-              "(tensor), got ", group_size);
+  TORCH_CHECK_VALUE(group_size > 0 || group_size == -1 || group_size == 0,
+                    "hf_ilp::fp4_quantize: group_size must be a positive block size (e.g. 16 or "
+                    "32), -1 (one group per row) or 0 (one group for the whole tensor), got ",
+                    group_size);
   Layout L;
   const int64_t n = x.numel();
   if (group_size == 0) {
@@ -62,8 +69,9 @@ struct Prepared {
 
 inline Prepared prepare(const at::Tensor& x, const std::string& mode, int64_t group_size,
                         bool return_codes) {
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
-              "hf_ilp::fp4_quantize: x must be a floating-point tensor, got ", x.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()),
+                   "hf_ilp::fp4_quantize: x must be a floating-point tensor (float32, bfloat16, "
+                   "float16, float64), got ", x.scalar_type());
   Prepared p;
   p.mode = parse_mode(mode);
   p.layout = make_layout(x, group_size);

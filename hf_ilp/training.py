@@ -61,6 +61,18 @@ def _train(trainer_cls, model, processing_class, train_dataset, args, callbacks,
     return trainer
 
 
+def no_activation_checkpointing() -> dict:
+    """Training arguments that turn activation checkpointing off (TRL's configs turn it on).
+
+    transformers 5.23 renamed `gradient_checkpointing` to `activation_checkpointing` (the old
+    name stays as a deprecated alias); this names every one of the two that `TrainingArguments` has.
+    """
+    from transformers import TrainingArguments
+
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {name: False for name in ("activation_checkpointing", "gradient_checkpointing") if name in fields}
+
+
 def parse_recipe_args(parser, default_config=None, argv=None):
     """Parse a recipe's command line the TRL way (`--config x.yaml` sets defaults, flags override).
 
@@ -79,5 +91,19 @@ def parse_recipe_args(parser, default_config=None, argv=None):
     if "--config" not in argv and default_config is not None and Path(default_config).is_file():
         argv = ["--config", str(default_config), *argv]
     if not torch.accelerator.is_available():
-        parser.set_defaults(bf16=False, activation_checkpointing=False, gradient_checkpointing=False, use_cpu=True)
+        parser.set_defaults(bf16=False, use_cpu=True, **no_activation_checkpointing())
     return parser.parse_args_and_config(argv)
+
+
+def recipe_config(name: str):
+    """The default config of the recipe `name` ("diagnose_sft", "epi_sft", "cpi_ft", "fp4_sft"):
+    `recipes/configs/<name>.yaml` in the source tree, shipped as the package data
+    `hf_ilp.recipe_configs`, so that a recipe script copied anywhere still finds its defaults."""
+    from hf_ilp.resources import data_dir
+
+    folder = data_dir("hf_ilp.recipe_configs")
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise FileNotFoundError(f"no default config for the recipe {name!r}; the recipes with one: {known}")
+    return path

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments, TrlParser
 
-from hf_ilp.training import parse_recipe_args
+from hf_ilp.training import parse_recipe_args, recipe_config
 from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.fusion import CPIFTConfig, run_cpi_ft
 
@@ -149,4 +149,4 @@ def make_parser(subparsers=None):
 
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(make_parser(), Path(__file__).parent / "configs" / "cpi_ft.yaml"))
+    main(*parse_recipe_args(make_parser(), recipe_config("cpi_ft")))

@@ -32,11 +32,9 @@ from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.diagnosis import diagnose
 from hf_ilp.diagnosis.display import print_summary
 from hf_ilp.hub import publish_run, take_hub_settings
-from hf_ilp.training import parse_recipe_args, train_stages
+from hf_ilp.training import parse_recipe_args, recipe_config, train_stages
 from hf_ilp.tracking import LearnTracker, LearnTrackerConfig
 from hf_ilp.world.evaluate import unlearned_by_cause
-
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "diagnose_sft.yaml"
 
 
 @dataclass
@@ -218,4 +216,4 @@ if __name__ == "__main__":
     hf_ilp_logger = logging.getLogger("hf_ilp")  # progress of the world build
     hf_ilp_logger.setLevel(logging.INFO)
     hf_ilp_logger.addHandler(logging.StreamHandler())
-    main(*parse_recipe_args(make_parser(), DEFAULT_CONFIG))
+    main(*parse_recipe_args(make_parser(), recipe_config("diagnose_sft")))

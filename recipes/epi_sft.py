@@ -23,7 +23,7 @@ from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
-from hf_ilp.training import parse_recipe_args
+from hf_ilp.training import parse_recipe_args, recipe_config
 from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.isolation import EvolvingIsolationCallback, IsolationConfig
 
@@ -107,4 +107,4 @@ def make_parser(subparsers=None):
 
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(make_parser(), Path(__file__).parent / "configs" / "epi_sft.yaml"))
+    main(*parse_recipe_args(make_parser(), recipe_config("epi_sft")))

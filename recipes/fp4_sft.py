@@ -20,7 +20,7 @@ from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
-from hf_ilp.training import parse_recipe_args
+from hf_ilp.training import parse_recipe_args, recipe_config
 from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.fp4 import FP4Linear, HalfSConfig, HalfSFP4TrainerMixin, backends
 
@@ -108,4 +108,4 @@ def make_parser(subparsers=None):
 
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(make_parser(), Path(__file__).parent / "configs" / "fp4_sft.yaml"))
+    main(*parse_recipe_args(make_parser(), recipe_config("fp4_sft")))

@@ -2,7 +2,8 @@
 
 Public API: `HalfSConfig`, `FP4Linear`, `convert_to_halfs_fp4_training`,
 `HalfSFP4TrainerMixin`, `quantize_fp4` (the `torch.ops.hf_ilp.fp4_quantize` op), `backends`.
-The C++ kernel compiles on first use (once per machine; see `hf_ilp.fp4._build`).
+The C++ kernel compiles on first use and serves only once a child process has seen its errors
+reach Python (once per machine; see `hf_ilp.fp4._build`).
 """
 
 from hf_ilp.fp4.config import HalfSConfig

@@ -21,7 +21,7 @@ import threading
 
 import torch
 
-from hf_ilp.fp4.reference import MODES, fp4_quantize_reference, group_layout
+from hf_ilp.fp4.reference import check_arguments, fp4_quantize_reference, group_layout
 
 OP_NAME = "fp4_quantize"
 SCHEMA_ARGS = (
@@ -64,6 +64,7 @@ def ensure_ops() -> dict[str, str]:
 
 
 def _fake(x, mode, group_size, stochastic=False, seed=0, return_codes=False):
+    check_arguments(x, mode, group_size, stochastic, seed, return_codes)
     rows, _, _, gpr = group_layout(x.shape, group_size)
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     codes = x.new_empty(((x.numel() + 1) // 2) if return_codes else 0, dtype=torch.uint8)
@@ -90,7 +91,8 @@ def quantize_fp4(
     """FP4 E2M1 quantize-dequantize `x` with a per-group scale chosen by `mode`.
 
     Args:
-        x: floating-point tensor (computed in float32, returned in x's dtype, contiguous).
+        x: floating-point CPU or CUDA tensor, any strides (computed in float32, returned in x's
+            dtype, contiguous).
         mode: "max" (amax/6), "half" (amax/12), "halfs" (half with the MSE-clip fallback), "mse".
         group_size: block size along the last dim (e.g. 16 or 32), -1 for rows, 0 for the tensor.
         stochastic: stochastic rounding (unbiased; for gradients) instead of round-to-nearest-even.
@@ -99,9 +101,12 @@ def quantize_fp4(
 
     Returns:
         (dequantized, packed codes, scales): see `hf_ilp.fp4.reference` for the exact semantics.
+
+    Raises:
+        TypeError, ValueError: naming the wrong argument (`reference.check_arguments`), before
+        anything is compiled or computed.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_arguments(x, mode, group_size, stochastic, seed, return_codes)
     ensure_ops()
     return torch.ops.hf_ilp.fp4_quantize(x, mode, group_size, stochastic, seed, return_codes)
 

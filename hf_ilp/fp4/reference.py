@@ -29,6 +29,8 @@ from __future__ import annotations
 import torch
 
 MODES = ("max", "half", "halfs", "mse")
+DEVICES = ("cpu", "cuda", "meta")  # the op's kernels (meta: its fake, for torch.compile)
+INT64 = (-(2**63), 2**63 - 1)
 FLOAT_MAX = 3.4028234663852886e38
 NUM_CLIP = 18
 TIE_MARGIN = 1.0 - 1e-9
@@ -40,12 +42,43 @@ def clip_factors() -> list[float]:
     return [(0.15 + 0.85 * i / 17.0) / 6.0 for i in range(NUM_CLIP)]
 
 
-def group_layout(shape: torch.Size | tuple[int, ...], group_size: int) -> tuple[int, int, int, int]:
-    """(rows, cols, group size, groups per row) of a tensor of `shape` under `group_size`."""
+def check_arguments(
+    x: torch.Tensor, mode: str, group_size: int, stochastic: bool = False, seed: int = 0, return_codes: bool = False
+) -> None:
+    """Raise a TypeError / ValueError naming the first argument of `fp4_quantize` that is wrong.
+
+    Every Python path into the op runs it before any work (`quantize_fp4`, this reference, the
+    fake), so a bad argument from Python never reaches native code; the compiled kernels repeat
+    the checks for direct calls of the op. Strided inputs are fine: they are read as contiguous.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor (float32, bfloat16, float16, float64), got {x.dtype}")
+    if x.layout != torch.strided:
+        raise ValueError(f"x must be a dense tensor (layout torch.strided), got {x.layout}")
+    if x.device.type not in DEVICES:
+        raise ValueError(f"x must be a CPU or CUDA tensor, got one on {x.device}")
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+    for name, value in (("group_size", group_size), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if not INT64[0] <= value <= INT64[1]:
+            raise ValueError(f"{name} must fit in int64 [-2**63, 2**63 - 1], got {value}")
     if not (group_size > 0 or group_size in (-1, 0)):
         raise ValueError(
-            f"group_size must be a positive block size, -1 (one group per row) or 0 (whole tensor), got {group_size}"
+            "group_size must be a positive block size (e.g. 16 or 32), -1 (one group per row) or 0 "
+            f"(one group for the whole tensor), got {group_size}"
         )
+    for name, value in (("stochastic", stochastic), ("return_codes", return_codes)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def group_layout(shape: torch.Size | tuple[int, ...], group_size: int) -> tuple[int, int, int, int]:
+    """(rows, cols, group size, groups per row) of a tensor of `shape` under a `group_size`
+    that `check_arguments` accepts."""
     numel = 1
     for d in shape:
         numel *= d
@@ -153,10 +186,7 @@ def fp4_quantize_reference(
     return_codes: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize-dequantize `x` to FP4 E2M1; returns (dequantized, packed codes, scales)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    check_arguments(x, mode, group_size, stochastic, seed, return_codes)
     rows, cols, gsize, gpr = group_layout(x.shape, group_size)
     n = x.numel()
     codes = torch.zeros((n + 1) // 2 if return_codes else 0, dtype=torch.uint8, device=x.device)

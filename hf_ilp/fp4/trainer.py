@@ -21,8 +21,6 @@ With plain accelerate: `convert_to_halfs_fp4_training(model, config)` before
 
 from __future__ import annotations
 
-from typing import Any
-
 from hf_ilp.fp4.config import HalfSConfig
 from hf_ilp.fp4.linear import convert_to_halfs_fp4_training
 
@@ -35,8 +33,8 @@ class HalfSFP4TrainerMixin:
         self.fp4_config = fp4_config
         super().__init__(*args, **kwargs)
 
-    def _build_accelerator_args(self, **kwargs) -> dict[str, Any]:
+    def create_accelerator_and_postprocess(self) -> None:
         # Trainer.__init__ calls this with `self.model` set and before any `accelerator.prepare`.
         if self.fp4_config is not None and getattr(self, "model", None) is not None:
             convert_to_halfs_fp4_training(self.model, self.fp4_config)
-        return super()._build_accelerator_args(**kwargs)
+        return super().create_accelerator_and_postprocess()

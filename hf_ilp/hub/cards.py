@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 
 from hf_ilp.diagnosis.report import CAUSES, SCHEMA_VERSION, UNEXPLAINED, DiagnosisReport, check_schema_version
+from hf_ilp.resources import data_dir
 
 METADATA_KEY = "hf_ilp"
 #: Where the report folder lives inside a run's output folder (and inside the model repo).
@@ -350,11 +351,8 @@ def _size_category(n: int) -> str:
 
 # templates -------------------------------------------------------------------------------------
 def templates_dir() -> Path:
-    """`model_cards/` at the root of the hf_ilp source tree (installed with `pip install -e .`)."""
-    path = Path(__file__).resolve().parents[2] / "model_cards"
-    if not (path / "diagnosis_section.md").is_file():
-        raise FileNotFoundError(f"card templates not found in {path}; install hf_ilp from its source tree (pip install -e .)")
-    return path
+    """The card templates: the package data `hf_ilp.model_cards` (`model_cards/` in the source tree)."""
+    return data_dir("hf_ilp.model_cards")
 
 
 def _render(name: str, **context) -> str:

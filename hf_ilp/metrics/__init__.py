@@ -10,10 +10,10 @@ Example:
     ...                      preprocess_logits_for_metrics=argmax_logits)
 """
 
-from pathlib import Path
+from hf_ilp.resources import data_dir
 
 #: Folder of the `incomplete_learning` metric: pass it to `evaluate.load`.
-INCOMPLETE_LEARNING = str(Path(__file__).resolve().parent / "incomplete_learning")
+INCOMPLETE_LEARNING = str(data_dir("hf_ilp.metrics.incomplete_learning"))
 
 
 def argmax_logits(logits, labels):
