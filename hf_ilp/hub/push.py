@@ -276,16 +276,28 @@ def _with_retries(what, fn, max_attempts, backoff, attempts, output_dir):
 
 
 def _is_transient(exc: BaseException) -> bool:
-    import httpx2
     from huggingface_hub.errors import HfHubHTTPError
 
     if isinstance(exc, HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else None
         return status is None or status in (408, 429) or status >= 500
-    if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
+    if isinstance(exc, (*_transport_errors(), ConnectionError, TimeoutError)):
         return True
     cause = exc.__cause__ or exc.__context__
     return cause is not None and cause is not exc and _is_transient(cause)
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The transport error classes of the HTTP clients huggingface_hub may use (httpx2 from 2.0 on, httpx before)."""
+    import importlib
+
+    found = []
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except ImportError:
+            pass
+    return tuple(found)
 
 
 def _failure(what, exc, output_dir, suffix="") -> str:

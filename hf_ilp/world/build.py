@@ -101,6 +101,8 @@ class World:
         import torch
         from trl import SFTConfig
 
+        from hf_ilp.training import no_activation_checkpointing
+
         settings = dict(
             output_dir=str(output_dir),
             num_train_epochs=self.spec.sft_epochs,
@@ -113,7 +115,7 @@ class World:
             report_to="none",
             seed=self.seed,
             bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-            activation_checkpointing=False,
+            **no_activation_checkpointing(),
         )
         settings.update(overrides)
         return SFTConfig(**settings)

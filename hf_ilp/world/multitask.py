@@ -111,11 +111,13 @@ class MultiTaskWorld:
         import torch
         from trl import SFTConfig
 
+        from hf_ilp.training import no_activation_checkpointing
+
         kwargs = dict(
             output_dir=str(output_dir), num_train_epochs=12, per_device_train_batch_size=16, learning_rate=3e-3,
             lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.01, logging_steps=10, save_strategy="no",
             report_to="none", seed=self.seed, max_length=32, bf16=False,
-            gradient_checkpointing=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(), disable_tqdm=True, **no_activation_checkpointing(),
         )
         kwargs.update(overrides)
         return SFTConfig(**kwargs)

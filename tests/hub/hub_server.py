@@ -462,10 +462,14 @@ def start_hub_server(root, port: int = 0, exit_on: str | None = None, timeout: f
 def point_client_at(monkeypatch, endpoint: str) -> None:
     """Make this process's huggingface_hub talk to `endpoint`, as `HF_ENDPOINT` would at import."""
     import huggingface_hub.constants as constants
+    import huggingface_hub.hf_api as hf_api
 
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    # the shared client behind the module-level functions (`huggingface_hub.create_repo`, ...)
+    # took its endpoint at import
+    monkeypatch.setattr(hf_api.api, "endpoint", endpoint)
 
 
 def main(argv=None) -> None:
