@@ -224,7 +224,8 @@ def test_two_processes_record_what_one_process_records(tmp_path):
     script = str(Path(__file__).with_name("two_process_run.py"))
     subprocess.run([sys.executable, script, str(tmp_path / "one"), "16"], check=True, capture_output=True)
     subprocess.run(
-        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", script, str(tmp_path / "two"), "8"],
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", script,
+         str(tmp_path / "two"), "8"],
         check=True, capture_output=True,
     )
     one, two = load_records(tmp_path / "one"), load_records(tmp_path / "two")
