@@ -75,6 +75,25 @@ def teacher_forced_stats(model, sequences, batch_size=16, pad_id=0, other=None, 
     return out
 
 
+@torch.no_grad()
+def next_token_choice(model, prompts, batch_size=16, pad_id=0):
+    """The model's greedy next token after each prompt (token ids) and its probability: (ids, probs)."""
+    ids, probs = np.zeros(len(prompts), dtype=np.int64), np.zeros(len(prompts))
+    was_training = model.training
+    model.eval()
+    try:
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for start in range(0, len(prompts), batch_size):
+            idx = order[start:start + batch_size]
+            # a one-token placeholder completion: its log-prob row is the distribution after the prompt
+            logp = _completion_log_probs(model, [(prompts[i], [pad_id]) for i in idx], pad_id)
+            top_p, top = logp.max(dim=1)
+            ids[idx], probs[idx] = top.cpu().numpy(), top_p.exp().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return ids, probs
+
+
 def _completion_log_probs(model, batch, pad_id):
     """Log-softmax rows predicting each completion token, concatenated over the batch (float32).
 

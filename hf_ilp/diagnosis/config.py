@@ -70,6 +70,31 @@ class DiagnoserConfig:
                   "and the summary says so."},
     )
 
+    fewshot_examples: int = field(
+        default=4,
+        metadata={"help": "Exemplars (other training rows, of the sample's own prompt template first) the base "
+                  "model reads before each unlearned sample's prompt when it judges what the base knows, as "
+                  "SliCK does: they teach the format, not the fact, so a question in a frame the base never saw "
+                  "is not mistaken for missing knowledge. User-given probes are used first; 0 reads the target "
+                  "zero-shot only."},
+    )
+    fewshot_frame_share: float = field(
+        default=0.05,
+        metadata={"help": "A word belongs to the prompt template (not its content) when at least this share of the "
+                  "prompts (and at least 3) contain it; exemplars never share a sample's other words."},
+    )
+    fewshot_check_rows: int = field(
+        default=64,
+        metadata={"help": "Calibration rows on which the few-shot reading must show at least as much of the base's "
+                  "knowledge as the bare prompt before it is used (a model that does not learn in context reads "
+                  "exemplars worse than none); 0 uses it unchecked."},
+    )
+    fewshot_max_tokens: int = field(
+        default=2048,
+        metadata={"help": "Longest few-shot sequence (exemplars, prompt and completion) in tokens; exemplars are "
+                  "dropped until it fits."},
+    )
+
     # data_inconsistency ----------------------------------------------------------------------
     encoder: str = field(
         default="auto",
@@ -129,17 +154,17 @@ class DiagnoserConfig:
     def __post_init__(self):
         for name in ("unknown_prob", "confident_alternative_prob", "duplicate_similarity",
                      "duplicate_shared_words", "rare_template_quantile", "min_score", "forgetting_min_share",
-                     "known_confidence_quantile"):
+                     "known_confidence_quantile", "fewshot_frame_share"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ValueError(f"DiagnoserConfig.{name} must lie strictly between 0 and 1, got {value!r}")
         for name in ("score_sharpness", "falling_loss", "long_target_ratio"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"DiagnoserConfig.{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("calibration_rows", "min_known_rows"):
+        for name in ("calibration_rows", "min_known_rows", "fewshot_examples", "fewshot_check_rows"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
                 raise ValueError(f"DiagnoserConfig.{name} must be a non-negative integer, got {getattr(self, name)!r}")
-        for name in ("num_neighbors", "batch_size", "encoder_batch_size"):
+        for name in ("num_neighbors", "batch_size", "encoder_batch_size", "fewshot_max_tokens"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"DiagnoserConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
 

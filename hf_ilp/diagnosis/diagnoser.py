@@ -40,10 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hf_ilp.diagnosis._forward import teacher_forced_stats
+from hf_ilp.diagnosis._forward import next_token_choice, teacher_forced_stats
 from hf_ilp.diagnosis._inputs import check_models, read_samples, tokenize_pairs
 from hf_ilp.diagnosis.config import DiagnoserConfig
 from hf_ilp.diagnosis.data_inconsistency import PromptIndex, data_inconsistency_signal, neighbourhood_density
+from hf_ilp.diagnosis.probing import PromptTemplates, fewshot_sequences, probe_coverage
 from hf_ilp.diagnosis.forgetting import forgetting_signal, has_stages
 from hf_ilp.diagnosis.knowledge_conflict import knowledge_conflict_signal
 from hf_ilp.diagnosis.missing_knowledge import missing_knowledge_signal
@@ -111,10 +112,22 @@ class Diagnoser:
                 probe_stats = self._probe_stats(probe_pairs, base_model, tokenizer, [samples.ids[i] for i in unlearned], pad)
                 covered = int((~np.isnan(probe_stats["gm_p"])).sum())
                 notes.append(f"prerequisite probes read for {covered} of {q} unlearned samples")
+                evidence.update(probe_gold_prob=probe_stats["gm_p"], probe_alt_prob=probe_stats["alt_prob"])
             belief_bar = self._belief_bar(samples, probe_pairs, base_model, tokenizer, pad, notes)
+            # knowledge read without oracle probes: the target after exemplars, the content in other templates
+            shots = _FewShot(samples, learned, tokenizer, cfg)
+            bar = belief_bar or cfg.confident_alternative_prob
+            fewshot = shots.read(unlearned, probe_stats, base_model, pad, notes)
+            coverage = shots.template_probe_coverage(unlearned, base_model, tokenizer, pad, bar)
+            asked = int((~np.isnan(coverage)).sum())
+            if asked:
+                notes.append(f"template probes: {asked} of {q} unlearned samples asked in the dataset's other templates")
             timings["models_s"] = time.perf_counter() - t
-            scores["missing_knowledge"], ev = missing_knowledge_signal(base, cfg, probe_stats, belief_bar)
+            scores["missing_knowledge"], ev = missing_knowledge_signal(base, cfg, probe_stats, belief_bar,
+                                                                       np.fmax(fewshot["gm_p"], coverage))
             evidence.update(ev)
+            evidence.update(fewshot_gold_prob=fewshot["gm_p"], fewshot_exact=fewshot["exact"],
+                            template_probe_coverage=coverage)
             scores["knowledge_conflict"], ev = knowledge_conflict_signal(base, cfg, probe_stats, belief_bar)
             evidence.update(ev)
 
@@ -209,7 +222,7 @@ class Diagnoser:
         n = len(samples.ids)
         if not cfg.calibration_rows or not n:
             return None
-        pick = np.sort(np.random.default_rng(0).choice(n, size=min(n, cfg.calibration_rows), replace=False))
+        pick = _calibration_pick(n, cfg.calibration_rows)
         ids = [samples.ids[i] for i in pick]
         stats = {"exact": np.full(len(pick), np.nan), "min_p": np.full(len(pick), np.nan)}
         if probe_pairs is not None:
@@ -281,6 +294,77 @@ def _verdict(scores: dict, min_score: float, order=PRECEDENCE) -> dict:
     runner = others[0]
     return {"cause": cause, "confidence": scores[cause] if cause != UNEXPLAINED else 1.0 - max(scores.values()),
             "runner_up": runner, "runner_up_confidence": scores[runner]}
+
+
+class _FewShot:
+    """Few-shot sequences and template probes of the training rows (`hf_ilp.diagnosis.probing`)."""
+
+    def __init__(self, samples, learned, tokenizer, config):
+        self.samples, self.config = samples, config
+        self.templates = PromptTemplates(samples.prompts, config.fewshot_frame_share, learned)
+        self.bos, self.eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+
+    def read(self, rows, probe_stats, base_model, pad, notes):
+        """The base on the targets of `rows` after exemplars (`teacher_forced_stats` columns, NaN where not
+        read): the rows without user probes, once `_helps` has shown that exemplars help this model."""
+        cfg = self.config
+        out = {k: np.full(len(rows), np.nan) for k in ("gm_p", "alt_prob", "exact", "min_p")}
+        todo = np.arange(len(rows)) if probe_stats is None else np.flatnonzero(np.isnan(probe_stats["gm_p"]))
+        if not cfg.fewshot_examples or not len(todo) or not self._helps(base_model, pad, notes):
+            return out
+        stats = teacher_forced_stats(base_model, self.sequences([rows[k] for k in todo]), cfg.batch_size, pad,
+                                     desc="base, few-shot", progress=cfg.progress)
+        for key in out:
+            out[key][todo] = stats[key]
+        notes.append(f"{len(todo)} unlearned samples read by the base model after {cfg.fewshot_examples} exemplars "
+                     "(other training rows, of their own prompt template first)")
+        return out
+
+    def _helps(self, base_model, pad, notes) -> bool:
+        """Whether exemplars show the base's knowledge at least as well as the bare prompt does, on
+        `fewshot_check_rows` calibration rows: a model that does not learn in context (a small model
+        trained on single lines) reads a long context worse than none, and reading it is wasted time."""
+        cfg = self.config
+        if not cfg.fewshot_check_rows:
+            return True
+        pick = _calibration_pick(len(self.samples.ids), cfg.fewshot_check_rows)
+        zero = teacher_forced_stats(base_model, [self.samples.sequences[i] for i in pick], cfg.batch_size, pad,
+                                    desc="base, zero-shot", progress=cfg.progress)["exact"]
+        few = teacher_forced_stats(base_model, self.sequences(pick), cfg.batch_size, pad,
+                                   desc="base, few-shot", progress=cfg.progress)["exact"]
+        helps = bool(np.nansum(few) >= np.nansum(zero))
+        notes.append(f"few-shot reading {'used' if helps else 'not used'}: the base reproduces {int(np.nansum(few))} "
+                     f"of {len(pick)} calibration rows after {cfg.fewshot_examples} exemplars, {int(np.nansum(zero))} "
+                     "without")
+        return helps
+
+    def template_probe_coverage(self, rows, base_model, tokenizer, pad, bar):
+        """Per row of `rows`: the share of its completion the base gives when its content is asked in
+        the dataset's other templates (`PromptTemplates.probe_prompts`); NaN where none applies."""
+        prompts = [self.templates.probe_prompts(int(i)) for i in rows]
+        flat = [p for ps in prompts for p in ps]
+        out = np.full(len(rows), np.nan)
+        if not flat:
+            return out
+        ids = [prompt_ids for prompt_ids, _ in tokenize_pairs(tokenizer, flat, [" x"] * len(flat))]
+        tokens, probs = next_token_choice(base_model, ids, self.config.batch_size, pad)
+        start = 0
+        for k, (i, ps) in enumerate(zip(rows, prompts)):
+            answers = list(zip(tokens[start:start + len(ps)], probs[start:start + len(ps)]))
+            start += len(ps)
+            out[k] = probe_coverage(self.samples.sequences[int(i)][1], answers, bar)
+        return out
+
+    def sequences(self, rows):
+        cfg = self.config
+        chosen = [self.templates.exemplars(int(i), cfg.fewshot_examples) for i in rows]
+        return fewshot_sequences(self.samples.sequences, [int(i) for i in rows], chosen, self.bos, self.eos,
+                                 cfg.fewshot_max_tokens)
+
+
+def _calibration_pick(n: int, rows: int) -> np.ndarray:
+    """The seeded sample of row indices the base model reads to calibrate itself."""
+    return np.sort(np.random.default_rng(0).choice(n, size=min(n, rows), replace=False))
 
 
 def _probe_pairs(probes):

@@ -66,13 +66,16 @@ def belief_score(base, config, probes=None, belief_bar=None):
     return score_odds_above(alt, belief_bar, config.score_sharpness)
 
 
-def missing_knowledge_signal(base, config, probes=None, belief_bar=None):
-    """Score (n,) and evidence columns of "the base model does not know it"."""
+def missing_knowledge_signal(base, config, probes=None, belief_bar=None, known_elsewhere=None):
+    """Score (n,) and evidence columns of "the base model does not know it". `known_elsewhere`: how
+    well the base knows the target when it is read outside the sample's own frame (after few-shot
+    exemplars, or its content asked in the dataset's other templates: `hf_ilp.diagnosis.probing`).
+    It only ever adds knowledge: a frame the base never saw does not make a known fact unknown."""
     known, _, _ = knowledge(base, probes)
+    if known_elsewhere is not None:
+        known = np.fmax(known, known_elsewhere)
     score = np.minimum(score_below(known, config.unknown_prob, config.score_sharpness),
                        1.0 - belief_score(base, config, probes, belief_bar))
     evidence = {"base_gold_prob": base["gm_p"], "base_alt_prob": base["alt_prob"],
                 "base_exact": base["exact"], "base_seq_prob": base["p_seq"]}
-    if probes is not None:
-        evidence.update(probe_gold_prob=probes["gm_p"], probe_alt_prob=probes["alt_prob"])
     return score, evidence
