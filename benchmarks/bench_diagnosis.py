@@ -31,6 +31,7 @@ from hf_ilp import CAUSES, DiagnoserConfig, LearnTracker, LearnTrackerConfig, di
 from hf_ilp.diagnosis.report import UNEXPLAINED
 from hf_ilp.training import train_stages
 from hf_ilp.world import build_world
+from hf_ilp.world.build import SIZES
 
 NORMAL = "normal"
 
@@ -126,7 +127,8 @@ def print_seed(res):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", default="small", choices=["tiny", "small"])
+    parser.add_argument("--size", default="small", choices=sorted(SIZES),
+                        help="an ILP-World size, or roster-small: the second construction (other relations, names, frames, budget)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", default=None, help="where the runs go (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true",

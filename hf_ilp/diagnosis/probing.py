@@ -21,8 +21,9 @@ a long context worse than none. So the diagnoser keeps the few-shot reading only
 calibration rows, it shows at least as much of the base's knowledge as the zero-shot one.
 
 *Template probes* ask a sample's content in the dataset's other templates: where the sample's
-prompt has one rare word (an entity, say), that word is put in place of the rare word of one row
-of every other one-slot template ("what is the pet of E ?" for a profile of E), and the base
+prompt has one slot (one run of rare words: an entity's name, say), its content is put in place of
+the slot of one row of every other one-slot template ("what is the pet of E ?" for a profile of
+E), and the base
 model's next-token choice at the end of each probe is read. The share of the sample's completion
 tokens that the base gives, confidently, in answer to some probe (`template_probe_coverage`) is
 knowledge the sample needs that the base holds, whatever the sample's own frame.
@@ -45,22 +46,27 @@ def prompt_words(prompt: str) -> list[str]:
     return _WORD.findall(prompt.lower())
 
 
-def templates(prompts: list[str], frame_share: float) -> tuple[list[tuple[str, ...]], list[set[str]]]:
-    """Per prompt: its template (rare words masked as "*", runs of them merged) and its rare words."""
-    words = [prompt_words(p) for p in prompts]
-    frequency = Counter(w for ws in words for w in set(ws))
+def templates(prompts: list[str], frame_share: float):
+    """Per prompt: its template (rare words masked, each run of them one "*" slot), its rare words,
+    and the character spans of its slots: (keys, rare, slots)."""
+    found = [[(m.group().lower(), m.span()) for m in _WORD.finditer(p)] for p in prompts]
+    frequency = Counter(w for tokens in found for w in {w for w, _ in tokens})
     floor = max(3, frame_share * len(prompts))
-    keys, rare = [], []
-    for ws in words:
-        key = []
-        for w in ws:
+    keys, rare, slots = [], [], []
+    for tokens in found:
+        key, spans = [], []
+        for w, (start, end) in tokens:
             if frequency[w] >= floor:
                 key.append(w)
-            elif not key or key[-1] != "*":
+            elif key and key[-1] == "*":
+                spans[-1] = (spans[-1][0], end)
+            else:
                 key.append("*")
+                spans.append((start, end))
         keys.append(tuple(key))
-        rare.append({w for w in ws if frequency[w] < floor})
-    return keys, rare
+        rare.append({w for w, _ in tokens if frequency[w] < floor})
+        slots.append(spans)
+    return keys, rare, slots
 
 
 class PromptTemplates:
@@ -72,7 +78,7 @@ class PromptTemplates:
 
     def __init__(self, prompts: list[str], frame_share: float, learned):
         self.prompts = prompts
-        self.keys, self.rare = templates(prompts, frame_share)
+        self.keys, self.rare, self.slots = templates(prompts, frame_share)
         learned = np.asarray(learned, dtype=bool)
         groups = {}
         for j, key in enumerate(self.keys):
@@ -81,10 +87,10 @@ class PromptTemplates:
                               np.array([j for j in rows if not learned[j]], dtype=np.int64))
                         for key, rows in groups.items()}
         self._all = (np.flatnonzero(learned), np.flatnonzero(~learned))
-        # one row per template with a single masked slot holding a single rare word: the probe frames
+        # one row per template with a single slot: the frames a sample's content is asked in
         self._frames = {}
         for j, key in enumerate(self.keys):
-            if key.count("*") == 1 and len(self.rare[j]) == 1:
+            if len(self.slots[j]) == 1:
                 self._frames.setdefault(key, j)
 
     def exemplars(self, i: int, k: int, seed: int = 0) -> list[int]:
@@ -115,19 +121,18 @@ class PromptTemplates:
         return out
 
     def probe_prompts(self, i: int) -> list[str]:
-        """Prompts asking row `i`'s one rare word in every other one-slot template of the dataset (one
-        a template, made from a row of that template by swapping its rare word for row `i`'s)."""
-        if len(self.rare[i]) != 1:
+        """Prompts asking row `i`'s content (the rare words of its one slot: an entity, say) in every
+        other one-slot template of the dataset, made from a row of that template by putting row
+        `i`'s content in place of that row's."""
+        if len(self.slots[i]) != 1:
             return []
-        (word,) = self.rare[i]
+        start, end = self.slots[i][0]
+        content = self.prompts[i][start:end]
         out = []
         for key, j in self._frames.items():
-            if key == self.keys[i]:
-                continue
-            (theirs,) = self.rare[j]
-            swapped, found = re.subn(rf"(?i)(?<!\w){re.escape(theirs)}(?!\w)", word, self.prompts[j], count=1)
-            if found:
-                out.append(swapped)
+            if key != self.keys[i]:
+                (a, b), = self.slots[j]
+                out.append(self.prompts[j][:a] + content + self.prompts[j][b:])
         return out
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hf_ilp._io import atomic_dir, main_process_first, write_json_atomic
-from hf_ilp.world.generate import WorldSpec, generate
+from hf_ilp.world.generate import ILP_STYLE, ROSTER_STYLE, WorldSpec, generate
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,17 @@ SIZES = {
         pretrain_epochs=30, pretrain_batch_size=32, pretrain_learning_rate=2e-3,
         sft_epochs=3, sft_learning_rate=4e-4, sft_batch_size=16,
     ),
+    # the second construction (generate.ROSTER_STYLE: other relations, two-word names, other frames),
+    # with its own model width and SFT budget: a diagnosis fitted to ILP-World's text shows on it
+    "roster-small": WorldSpec(
+        entities=56, values_per_relation=20, missing=20, validation_missing=10, conflict=20, inconsistent_pairs=10,
+        forgetting=20, retarget=24, profiles=16, normal_stage0=30, normal_stage1=80, validation_normal=30,
+        statement_repeats=6, qa_repeats=3, hidden_size=160, num_hidden_layers=2, num_attention_heads=5,
+        pretrain_epochs=30, pretrain_batch_size=32, pretrain_learning_rate=2e-3,
+        sft_epochs=2, sft_learning_rate=3e-4, sft_batch_size=12,
+    ),
 }
+STYLES = {"roster-small": ROSTER_STYLE}  # every other size: ILP_STYLE
 
 
 @dataclass
@@ -210,7 +220,7 @@ def _build(spec: WorldSpec, size: str, seed: int, complete_knowledge: bool, path
     from hf_ilp.world.tokenizer import build_word_tokenizer
 
     start = time.perf_counter()
-    text = generate(spec, seed, complete_knowledge=complete_knowledge)
+    text = generate(spec, seed, complete_knowledge=complete_knowledge, style=STYLES.get(size, ILP_STYLE))
     tokenizer = build_word_tokenizer(text.words)
     torch.manual_seed(seed)
     config = tiny_llama_config(

@@ -49,6 +49,44 @@ PROFILE = "give {ent} pet , job and city :"
 
 
 @dataclass(frozen=True)
+class WorldStyle:
+    """The words of a world: its relations, the formats of its corpus, questions and probes, and its
+    names. Two styles plant the same causes in different text, so that a diagnosis tuned to one
+    world's formats shows it on the other."""
+
+    relations: tuple
+    qa_templates: tuple  # two question formats, with {rel} and {ent}
+    statement: str  # the corpus's statement of a fact, with {rel}, {ent} and {val}
+    probe: str  # the statement's prefix, completed by " {val} ."
+    ambiguous: str  # the re-targeted prompt of the forgetting samples, with {ent}
+    ambiguous_stage0: str
+    ambiguous_stage1: str
+    profile_relations: tuple
+    profile: str  # the one-off long format (under_training), with {ent}
+    name_parts: int = 1  # words per entity name
+    id_prefix: str = "ilpw"
+
+
+ILP_STYLE = WorldStyle(RELATIONS, QA_TEMPLATES, STATEMENT, PROBE, AMBIGUOUS, AMBIGUOUS_STAGE0, AMBIGUOUS_STAGE1,
+                       PROFILE_RELATIONS, PROFILE)
+# the second construction: other relations, two-word names, other statements, terse question
+# frames, a profile in a frame of its own
+ROSTER_STYLE = WorldStyle(
+    relations=("instrument", "sport", "language", "country", "drink"),
+    qa_templates=("q : {ent} 's {rel} ? a :", "q : name the {rel} of {ent} ! a :"),
+    statement="{ent} 's {rel} is {val} .",
+    probe="{ent} 's {rel} is",
+    ambiguous="q : say something about {ent} ! a :",
+    ambiguous_stage0="instrument",
+    ambiguous_stage1="country",
+    profile_relations=("sport", "drink", "language"),
+    profile="{ent} => sport / drink / language =",
+    name_parts=2,
+    id_prefix="roster",
+)
+
+
+@dataclass(frozen=True)
 class WorldSpec:
     """Counts and budgets of one world size; every count is a number of SFT samples or facts."""
 
@@ -106,11 +144,11 @@ def _names(rng: random.Random, count: int, taken: set, syllables: int) -> list[s
     return out
 
 
-def _qa(rel, ent, val, template=0):
-    return {"prompt": QA_TEMPLATES[template].format(rel=rel, ent=ent), "completion": f" {val}"}
+def _qa(rel, ent, val, template=0, style=ILP_STYLE):
+    return {"prompt": style.qa_templates[template].format(rel=rel, ent=ent), "completion": f" {val}"}
 
 
-def generate(spec: WorldSpec, seed: int, complete_knowledge: bool = False) -> WorldText:
+def generate(spec: WorldSpec, seed: int, complete_knowledge: bool = False, style: WorldStyle = ILP_STYLE) -> WorldText:
     """Generate the world's text for `spec` and `seed`.
 
     `complete_knowledge=True` is the counterfactual world used by the causal checks: the same SFT
@@ -121,8 +159,10 @@ def generate(spec: WorldSpec, seed: int, complete_knowledge: bool = False) -> Wo
     profile_rng = random.Random(f"{seed}-profiles")
     taken = set()
     entities = _names(rng, spec.entities, taken, syllables=1 if spec.entities <= 40 else 2)
-    values = {rel: _names(rng, spec.values_per_relation, taken, syllables=2) for rel in RELATIONS}
-    facts = {(e, r): rng.choice(values[r]) for e in entities for r in RELATIONS}
+    for _ in range(style.name_parts - 1):  # more words per name: each word still names one entity
+        entities = [f"{e} {w}" for e, w in zip(entities, _names(rng, spec.entities, taken, syllables=2))]
+    values = {rel: _names(rng, spec.values_per_relation, taken, syllables=2) for rel in style.relations}
+    facts = {(e, r): rng.choice(values[r]) for e in entities for r in style.relations}
 
     # assign every fact at most one role; a role takes facts in a seeded random order
     pool = list(facts)
@@ -141,9 +181,9 @@ def generate(spec: WorldSpec, seed: int, complete_knowledge: bool = False) -> Wo
             pool.remove(fact)
         return chosen
 
-    forgetting = take(spec.forgetting, AMBIGUOUS_STAGE0)
+    forgetting = take(spec.forgetting, style.ambiguous_stage0)
     forgetting_entities = {e for e, _ in forgetting}
-    retarget = take(spec.retarget, AMBIGUOUS_STAGE1, exclude_entities=forgetting_entities)
+    retarget = take(spec.retarget, style.ambiguous_stage1, exclude_entities=forgetting_entities)
     free = list(pool)
 
     def plant(exclude_entities=()):
@@ -172,58 +212,58 @@ def generate(spec: WorldSpec, seed: int, complete_knowledge: bool = False) -> Wo
         rows.append(({**row, "stage": stage, "world_cause": cause}, probe_facts))
 
     for fact in normal0:
-        add(_qa(fact[1], fact[0], facts[fact], rng.randrange(2)), 0, "", [(*fact, facts[fact])])
+        add(_qa(fact[1], fact[0], facts[fact], rng.randrange(2), style), 0, "", [(*fact, facts[fact])])
     for fact in normal1:
-        add(_qa(fact[1], fact[0], facts[fact], rng.randrange(2)), 1, "", [(*fact, facts[fact])])
+        add(_qa(fact[1], fact[0], facts[fact], rng.randrange(2), style), 1, "", [(*fact, facts[fact])])
     last = 1  # the last stage (see the module docstring)
     for fact in missing:
-        add(_qa(fact[1], fact[0], facts[fact], rng.randrange(2)), last, "missing_knowledge", [(*fact, facts[fact])])
+        add(_qa(fact[1], fact[0], facts[fact], rng.randrange(2), style), last, "missing_knowledge", [(*fact, facts[fact])])
     sft_values = {}  # facts the SFT set states with a value other than the corpus's
     for fact in conflict:
         value = other_value(fact)
         sft_values[fact] = value
-        add(_qa(fact[1], fact[0], value, rng.randrange(2)), last, "knowledge_conflict", [(*fact, value)])
+        add(_qa(fact[1], fact[0], value, rng.randrange(2), style), last, "knowledge_conflict", [(*fact, value)])
     for i, fact in enumerate(pairs):
         wrong = other_value(fact)
         first = rng.randrange(2)
         second = first if i % 2 == 0 else 1 - first  # even pairs verbatim, odd pairs paraphrased
-        add(_qa(fact[1], fact[0], facts[fact], first), last, "data_inconsistency", [(*fact, facts[fact])])
-        add(_qa(fact[1], fact[0], wrong, second), last, "data_inconsistency", [(*fact, wrong)])
+        add(_qa(fact[1], fact[0], facts[fact], first, style), last, "data_inconsistency", [(*fact, facts[fact])])
+        add(_qa(fact[1], fact[0], wrong, second, style), last, "data_inconsistency", [(*fact, wrong)])
     for fact in forgetting:
-        row = {"prompt": AMBIGUOUS.format(ent=fact[0]), "completion": f" {facts[fact]}"}
+        row = {"prompt": style.ambiguous.format(ent=fact[0]), "completion": f" {facts[fact]}"}
         add(row, 0, "forgetting", [(*fact, facts[fact])])
     for fact in retarget:
-        row = {"prompt": AMBIGUOUS.format(ent=fact[0]), "completion": f" {facts[fact]}"}
+        row = {"prompt": style.ambiguous.format(ent=fact[0]), "completion": f" {facts[fact]}"}
         add(row, 1, "", [(*fact, facts[fact])])
     # one-off long completions: three facts of one entity, in a format no other sample uses
     for ent in profile_rng.sample(profile_entities, spec.profiles):
         row = {
-            "prompt": PROFILE.format(ent=ent),
-            "completion": "".join(f" {facts[(ent, rel)]}" for rel in PROFILE_RELATIONS),
+            "prompt": style.profile.format(ent=ent),
+            "completion": "".join(f" {facts[(ent, rel)]}" for rel in style.profile_relations),
         }
-        add(row, 0, "under_training", [(ent, rel, facts[(ent, rel)]) for rel in PROFILE_RELATIONS])
+        add(row, 0, "under_training", [(ent, rel, facts[(ent, rel)]) for rel in style.profile_relations])
 
     rng.shuffle(rows)
     train, probes = [], []
     for i, (row, probe_facts) in enumerate(rows):
-        row_id = f"ilpw-{seed}-{i:04d}"
+        row_id = f"{style.id_prefix}-{seed}-{i:04d}"
         train.append({"id": row_id, **row})
         probes.append(
             {
                 "id": row_id,
-                "probe_prompts": [PROBE.format(rel=r, ent=e) for e, r, _ in probe_facts],
+                "probe_prompts": [style.probe.format(rel=r, ent=e) for e, r, _ in probe_facts],
                 "probe_completions": [f" {v} ." for _, _, v in probe_facts],
             }
         )
 
     validation = []
     for fact in validation_normal:
-        validation.append({**_qa(fact[1], fact[0], facts[fact], rng.randrange(2)), "stage": 0, "world_cause": ""})
+        validation.append({**_qa(fact[1], fact[0], facts[fact], rng.randrange(2), style), "stage": 0, "world_cause": ""})
     for fact in validation_missing:
-        row = _qa(fact[1], fact[0], facts[fact], rng.randrange(2))
+        row = _qa(fact[1], fact[0], facts[fact], rng.randrange(2), style)
         validation.append({**row, "stage": 0, "world_cause": "missing_knowledge"})
     rng.shuffle(validation)
-    validation = [{"id": f"ilpw-{seed}-val-{i:04d}", **row} for i, row in enumerate(validation)]
+    validation = [{"id": f"{style.id_prefix}-{seed}-val-{i:04d}", **row} for i, row in enumerate(validation)]
 
     # the corpus: statements of every known fact, and QA lines for the facts of the conflict and
     # inconsistent-pair roles plus half of the others
@@ -238,10 +278,10 @@ def generate(spec: WorldSpec, seed: int, complete_knowledge: bool = False) -> Wo
     corpus = []
     for k, fact in enumerate(known):
         ent, rel = fact
-        corpus += [STATEMENT.format(rel=rel, ent=ent, val=stated[fact])] * spec.statement_repeats
+        corpus += [style.statement.format(rel=rel, ent=ent, val=stated[fact])] * spec.statement_repeats
         if fact in strong or k % 2 == 0:
             for template in range(2):
-                qa = _qa(rel, ent, stated[fact], template)
+                qa = _qa(rel, ent, stated[fact], template, style)
                 corpus += [qa["prompt"] + qa["completion"]] * spec.qa_repeats
     rng.shuffle(corpus)
 
@@ -251,7 +291,7 @@ def generate(spec: WorldSpec, seed: int, complete_knowledge: bool = False) -> Wo
     for row in probes:
         for prompt, completion in zip(row["probe_prompts"], row["probe_completions"]):
             words += (prompt + completion).split()
-    words += entities + [v for rel in RELATIONS for v in values[rel]]
+    words += [w for e in entities for w in e.split()] + [v for rel in style.relations for v in values[rel]]
     return WorldText(
         facts=facts, absent=absent_in_corpus, corpus=corpus, train=train, validation=validation,
         probes=probes, words=sorted(set(words)),

@@ -25,11 +25,22 @@ PROMPTS = [
 
 
 def test_templates_mask_the_rare_words():
-    keys, rare = templates(PROMPTS, frame_share=0.05)
+    keys, rare, slots = templates(PROMPTS, frame_share=0.05)
     assert keys[0] == keys[1] == ("what", "is", "the", "colour", "of", "*", "?")
     assert keys[6] == ("give", "*", "pet", "and", "colour", ":")
     assert rare[3] == {"e0"} and rare[6] == {"e1"}
+    assert slots[6] == [(5, 7)] and PROMPTS[6][5:7] == "e1"
     assert len(set(keys)) == 3
+    # a run of rare words is one slot: a two-word name is asked as one
+    names = ["q : ada kroll 's sport ? a :", "q : bo lind 's sport ? a :", "q : cy moor 's sport ? a :",
+             "q : name the drink of di voss ! a :", "q : name the drink of el ruiz ! a :",
+             "q : name the drink of fa nox ! a :"]
+    keys, rare, slots = templates(names, frame_share=0.05)
+    assert keys[0] == ("q", ":", "*", "'", "s", "sport", "?", "a", ":") and rare[0] == {"ada", "kroll"}
+    assert names[0][slice(*slots[0][0])] == "ada kroll"
+    index = PromptTemplates(names, 0.05, np.ones(len(names), dtype=bool))
+    assert index.probe_prompts(0) == ["q : name the drink of ada kroll ! a :"]
+    assert index.probe_prompts(4) == ["q : el ruiz 's sport ? a :"]
 
 
 def test_exemplars_prefer_the_template_and_never_share_a_rare_word():

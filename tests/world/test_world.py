@@ -34,6 +34,28 @@ def test_every_seed_plants_profiles_on_untouched_entities(size, seed):
     assert len(profiles) == SIZES[size].profiles and not profiles & planted
 
 
+def test_the_roster_world_plants_the_same_causes_in_other_text():
+    """The second construction: other relations, two-word names, other frames; same causes, same counts."""
+    from hf_ilp.world.generate import ILP_STYLE, ROSTER_STYLE
+
+    spec = SIZES["roster-small"]
+    text = generate(spec, 0, style=ROSTER_STYLE)
+    assert text == generate(spec, 0, style=ROSTER_STYLE) and text.train != generate(spec, 1, style=ROSTER_STYLE).train
+    causes = [r["world_cause"] for r in text.train]
+    assert set(causes) == CAUSES | {""}
+    assert causes.count("under_training") == spec.profiles and causes.count("data_inconsistency") == 2 * spec.inconsistent_pairs
+    assert all(r["id"].startswith("roster-0-") for r in text.train)
+    names = {e for e, _ in text.facts}
+    prompt_words = {w for r in text.train for w in r["prompt"].split()}
+    ilp_frames = {w for r in generate(SIZES["small"], 0, style=ILP_STYLE).train for w in r["prompt"].split()}
+    assert not {"question", "answer", "color", "city", "pet", "job"} & prompt_words  # none of ILP-World's frame words
+    assert "'s" in prompt_words and "'s" not in ilp_frames
+    assert all(len(n.split()) == 2 for n in names) and len({w for n in names for w in n.split()}) == 2 * len(names)
+    # the corpus states the facts in the form the probes ask them
+    probe = next(p for p, c in zip(text.probes, causes) if c == "")
+    assert probe["probe_prompts"][0] + probe["probe_completions"][0] in set(text.corpus)
+
+
 def test_pretraining_is_deterministic_by_seed():
     text = generate(SIZES["tiny"], 0)
     tokenizer = build_word_tokenizer(text.words)
