@@ -123,12 +123,12 @@ class Diagnoser:
             if asked:
                 notes.append(f"template probes: {asked} of {q} unlearned samples asked in the dataset's other templates")
             timings["models_s"] = time.perf_counter() - t
-            scores["missing_knowledge"], ev = missing_knowledge_signal(base, cfg, probe_stats, belief_bar,
-                                                                       np.fmax(fewshot["gm_p"], coverage))
+            elsewhere = np.fmax(fewshot["gm_p"], coverage)
+            scores["missing_knowledge"], ev = missing_knowledge_signal(base, cfg, probe_stats, belief_bar, elsewhere)
             evidence.update(ev)
             evidence.update(fewshot_gold_prob=fewshot["gm_p"], fewshot_exact=fewshot["exact"],
                             template_probe_coverage=coverage)
-            scores["knowledge_conflict"], ev = knowledge_conflict_signal(base, cfg, probe_stats, belief_bar)
+            scores["knowledge_conflict"], ev = knowledge_conflict_signal(base, cfg, probe_stats, belief_bar, elsewhere)
             evidence.update(ev)
 
             # data structure: near-duplicate prompts with other answers, template density

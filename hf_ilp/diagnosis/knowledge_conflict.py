@@ -18,11 +18,22 @@ comparison of the two models that decides is `ft_follows_base`: did the prior su
 
 from __future__ import annotations
 
+import numpy as np
+
 from hf_ilp.diagnosis.missing_knowledge import belief_score
+from hf_ilp.diagnosis.signals import score_below
 
 
-def knowledge_conflict_signal(base, config, probes=None, belief_bar=None):
-    """Score (n,) and evidence columns of "the base confidently knows something else"."""
+def knowledge_conflict_signal(base, config, probes=None, belief_bar=None, known_elsewhere=None):
+    """Score (n,) and evidence columns of "the base confidently knows something else".
+
+    `known_elsewhere` (see `missing_knowledge_signal`): where the base gives the target itself once
+    the sample is read outside its own frame, the other answer it gives in that frame is how it
+    continues an unfamiliar format, not a belief that contradicts the target: no conflict."""
     score = belief_score(base, config, probes, belief_bar)
+    if known_elsewhere is not None:
+        elsewhere = np.asarray(known_elsewhere, dtype=float)
+        unknown = np.where(np.isnan(elsewhere), 1.0, score_below(elsewhere, config.unknown_prob, config.score_sharpness))
+        score = np.minimum(score, unknown)
     evidence = {"jsd_base_ft": base["jsd"], "ft_gold_prob": base["other_gm_p"], "ft_follows_base": base["follows_alt"]}
     return score, evidence

@@ -7,7 +7,7 @@ from datasets import Dataset
 from hf_ilp import DiagnoserConfig, diagnose
 from hf_ilp.diagnosis.probing import PromptTemplates, fewshot_sequences, probe_coverage, templates
 
-from diagnosis_rows import make_records
+from diagnosis_rows import base_table, bigram_llama, finetuned_table, make_records
 
 LEXICAL = DiagnoserConfig(encoder="lexical", progress=False)
 
@@ -103,3 +103,22 @@ def test_fewshot_can_be_turned_off(fact_world, fact_records):
                       fact_records, config=DiagnoserConfig(encoder="lexical", progress=False, fewshot_examples=0))
     assert all(np.isnan(x) for x in report.samples["fewshot_gold_prob"])
     assert not any("few-shot" in n for n in report.summary["notes"])
+
+
+def test_a_confident_continuation_of_a_novel_format_is_no_conflict(fact_world):
+    """The base continues the novel frame's last word confidently with v5 (and so does the fine-tuned
+    model): read in that frame alone, a belief that survived fine-tuning, i.e. a conflict. Asked
+    "what is the colour of e{i}", the base gives the target: it knows it, so there is no conflict."""
+    tokenizer = fact_world["tokenizer"]
+    base = bigram_llama(tokenizer, {**base_table(), "tell": {"v5": 0.95}})
+    model = bigram_llama(tokenizer, {**finetuned_table(), "tell": {"v5": 0.95}})
+    rows = fact_world["rows"] + _novel_rows()
+    records = make_records(rows, learned={f"known{i}" for i in range(4)}, forgotten={"forgot10"}, falling={"long7"})
+    report = diagnose(model, base, tokenizer, Dataset.from_list(rows), records, config=LEXICAL)
+    by_id = {r["id"]: r for r in report.samples}
+    for i in (0, 1, 2):
+        row = by_id[f"novel{i}"]
+        assert row["base_alt_prob"] == pytest.approx(0.95, abs=1e-3) and row["ft_follows_base"] == 1.0
+        assert row["template_probe_coverage"] == 1.0
+        assert row["cause"] not in ("knowledge_conflict", "missing_knowledge")
+    assert by_id["conflict4"]["cause"] == "knowledge_conflict"  # a genuine conflict stays one
