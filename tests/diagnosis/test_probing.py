@@ -122,3 +122,19 @@ def test_a_confident_continuation_of_a_novel_format_is_no_conflict(fact_world):
         assert row["template_probe_coverage"] == 1.0
         assert row["cause"] not in ("knowledge_conflict", "missing_knowledge")
     assert by_id["conflict4"]["cause"] == "knowledge_conflict"  # a genuine conflict stays one
+
+
+def test_a_falling_loss_at_the_end_is_under_training(fact_world):
+    """known3b (a fact the base knows, a common template, a one-value target) is unexplained while its
+    loss is flat; with its loss still falling when training stopped, it is under-trained."""
+    rows, train = fact_world["rows"], Dataset.from_list(fact_world["rows"])
+    learned = {f"known{i}" for i in range(4)}
+    flat = diagnose(fact_world["model"], fact_world["base"], fact_world["tokenizer"], train,
+                    make_records(rows, learned=learned, forgotten={"forgot10"}, falling={"long7"}), config=LEXICAL)
+    falling = diagnose(fact_world["model"], fact_world["base"], fact_world["tokenizer"], train,
+                       make_records(rows, learned=learned, forgotten={"forgot10"}, falling={"long7", "known3b"}),
+                       config=LEXICAL)
+    before = {r["id"]: r for r in flat.samples}["known3b"]
+    after = {r["id"]: r for r in falling.samples}["known3b"]
+    assert before["cause"] == "unexplained" and after["cause"] == "under_training"
+    assert after["loss_drop"] > 0.05 > before["loss_drop"]
