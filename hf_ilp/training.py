@@ -73,11 +73,18 @@ def no_activation_checkpointing() -> dict:
     return {name: False for name in ("activation_checkpointing", "gradient_checkpointing") if name in fields}
 
 
+#: Flags that point a recipe at a user's model or data: with any of them, the recipe's default config
+#: (the budget of the embedded world) is not read, as in TRL's scripts.
+USER_RUN_FLAGS = ("--model_name_or_path", "--dataset_name", "--task_datasets")
+
+
 def parse_recipe_args(parser, default_config=None, argv=None):
     """Parse a recipe's command line the TRL way (`--config x.yaml` sets defaults, flags override).
 
-    `default_config` is read when the command line names no `--config`, so every recipe runs
-    with no arguments. Without an accelerator, bf16 and activation checkpointing default to off
+    `default_config` (the embedded world's budget: `recipe_config(name)`) is read when the command
+    line names no `--config` and no model or dataset of the user's (`USER_RUN_FLAGS`), so every
+    recipe runs with no arguments while a run on a user's model gets TRL's defaults and what its
+    own `--config` says. Without an accelerator, bf16 and activation checkpointing default to off
     (6x faster on a CPU) and `use_cpu` to on: only then do the processes started by
     `accelerate launch --multi_gpu --num_processes N` form one gloo group instead of N
     independent runs. A YAML value or a flag still wins over these defaults.
@@ -88,11 +95,34 @@ def parse_recipe_args(parser, default_config=None, argv=None):
     import torch
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--config" not in argv and default_config is not None and Path(default_config).is_file():
+    named = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
+    user_run = bool(named & set(USER_RUN_FLAGS))
+    if "--config" not in named and not user_run and default_config is not None and Path(default_config).is_file():
         argv = ["--config", str(default_config), *argv]
     if not torch.accelerator.is_available():
         parser.set_defaults(bf16=False, use_cpu=True, **no_activation_checkpointing())
     return parser.parse_args_and_config(argv)
+
+
+def load_model_and_tokenizer(model_args, training_args, name_or_path=None):
+    """The model and tokenizer of a recipe run on a user's model, loaded as TRL's `sft.py` loads
+    them: `model_args` (a `trl.ModelConfig`: revision, dtype, attn_implementation, 4/8-bit
+    quantization) and `training_args.trust_remote_code`. `name_or_path` overrides
+    `model_args.model_name_or_path` (the base model of a diagnosis, say)."""
+    from accelerate import PartialState
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import get_quantization_config
+
+    path = name_or_path or model_args.model_name_or_path
+    trust = bool(getattr(training_args, "trust_remote_code", False))
+    kwargs = dict(revision=model_args.model_revision, trust_remote_code=trust, dtype=model_args.dtype,
+                  attn_implementation=model_args.attn_implementation)
+    quantization = get_quantization_config(model_args)
+    if quantization is not None:
+        kwargs.update(quantization_config=quantization, device_map={"": PartialState().local_process_index})
+    model = AutoModelForCausalLM.from_pretrained(path, **{k: v for k, v in kwargs.items() if v is not None})
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision, trust_remote_code=trust)
+    return model, tokenizer
 
 
 def recipe_config(name: str):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments, TrlParser
 
-from hf_ilp.training import parse_recipe_args, recipe_config
+from hf_ilp.training import load_model_and_tokenizer, parse_recipe_args, recipe_config
 from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.fusion import CPIFTConfig, run_cpi_ft
 
@@ -72,22 +72,17 @@ def _hub_data(script_args: CPIFTScriptArguments, column: str):
     return ds
 
 
-def _base_folder(model_args: ModelConfig, out: Path) -> Path:
+def _base_folder(model_args: ModelConfig, training_args, out: Path) -> Path:
     """A local safetensors folder of the base model (saved once under output_dir/base if needed)."""
     path = Path(model_args.model_name_or_path)
     if path.is_dir() and (any(path.glob("*.safetensors"))):
         return path
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     target = out / "base"
     if int(os.environ.get("RANK", "0")) == 0 and not (target / "config.json").exists():
-        model = AutoModelForCausalLM.from_pretrained(
-            model_args.model_name_or_path, revision=model_args.model_revision,
-            trust_remote_code=model_args.trust_remote_code, dtype=model_args.dtype,
-        )
+        model, tokenizer = load_model_and_tokenizer(model_args, training_args)
         with atomic_dir(target) as tmp:
             model.save_pretrained(tmp)
-            AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision).save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     from accelerate import PartialState
 
     PartialState().wait_for_everyone()
@@ -116,7 +111,7 @@ def main(script_args: CPIFTScriptArguments, training_args: CPIFTConfig, model_ar
         if model_args.model_name_or_path is None:
             raise ValueError("cpi_ft: a dataset needs --model_name_or_path (a Hub id or a local folder)")
         train = _hub_data(script_args, training_args.cpi_task_column)
-        base = _base_folder(model_args, out)
+        base = _base_folder(model_args, training_args, out)
         tokenizer = AutoTokenizer.from_pretrained(base)
         tasks = None
     _log(f"{len(train)} training rows; p = {training_args.cpi_core_share}, tau = {training_args.cpi_jaccard_tau}, "

@@ -32,7 +32,7 @@ from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.diagnosis import diagnose
 from hf_ilp.diagnosis.display import print_summary
 from hf_ilp.hub import publish_run, take_hub_settings
-from hf_ilp.training import parse_recipe_args, recipe_config, train_stages
+from hf_ilp.training import load_model_and_tokenizer, parse_recipe_args, recipe_config, train_stages
 from hf_ilp.tracking import LearnTracker, LearnTrackerConfig
 from hf_ilp.world.evaluate import unlearned_by_cause
 
@@ -59,7 +59,7 @@ def _say(message: str) -> None:
     print(f"[diagnose_sft] {message}", flush=True)
 
 
-def load_data(script_args: DiagnoseScriptArguments, model_args: ModelConfig):
+def load_data(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_args: ModelConfig):
     """(model, tokenizer, train dataset, world or None): ILP-World by default, else the Hub model and dataset."""
     world = None
     if script_args.dataset_name is None:
@@ -72,6 +72,9 @@ def load_data(script_args: DiagnoseScriptArguments, model_args: ModelConfig):
     else:
         from datasets import load_dataset
 
+        if getattr(script_args, "dataset_streaming", False):
+            raise ValueError("diagnose_sft: --dataset_streaming is not supported: the diagnosis scores every row, so "
+                             "the dataset must be listed; drop the flag (rows are still loaded lazily from disk)")
         data = load_dataset(script_args.dataset_name, name=script_args.dataset_config)
         if script_args.dataset_train_split not in data:
             raise ValueError(
@@ -79,29 +82,24 @@ def load_data(script_args: DiagnoseScriptArguments, model_args: ModelConfig):
                 f"choose --dataset_train_split among {sorted(data)}"
             )
         train = data[script_args.dataset_train_split]
+    columns = set(train.column_names)
+    if not ({"prompt", "completion"} <= columns or "messages" in columns):
+        raise ValueError(
+            f"diagnose_sft: the training data has columns {sorted(columns)}; the diagnosis needs prompt-completion "
+            "rows ('prompt' and 'completion') or conversations ('messages'). Nothing was trained."
+        )
     if model_args.model_name_or_path is None:
         if world is None:
             raise ValueError("diagnose_sft: --dataset_name needs --model_name_or_path (a Hub id or a local folder)")
         return world.load_base_model(), world.tokenizer, train, world
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        trust_remote_code=model_args.trust_remote_code,
-        dtype=model_args.dtype,
-    )
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
-    )
+    model, tokenizer = load_model_and_tokenizer(model_args, training_args)
     return model, tokenizer, train, world
 
 
 def main(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> dict:
-    model, tokenizer, train, world = load_data(script_args, model_args)
-    tracked = train if {"prompt", "completion"} <= set(train.column_names) or "messages" in train.column_names else None
+    model, tokenizer, train, world = load_data(script_args, training_args, model_args)
     records_dir = Path(training_args.output_dir) / "hf_ilp_records"
-    tracker = LearnTracker(dataset=tracked, config=LearnTrackerConfig(records_dir=str(records_dir)))
+    tracker = LearnTracker(dataset=train, config=LearnTrackerConfig(records_dir=str(records_dir)))
     callbacks = [tracker]
     hub = take_hub_settings(training_args)  # no Trainer push while training: one push at the end, with the diagnosis
     _say(f"fine-tuning for {training_args.num_train_epochs:g} epoch(s) per stage, lr {training_args.learning_rate:g}")
@@ -111,23 +109,24 @@ def main(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_a
     out = Path(training_args.output_dir)
     summary = {"output_dir": str(out), "n_train": len(train), "records": str(records_dir)}
     report = None
-    if tracked is not None:  # the tracker's final observation is hf_ilp.check_learned on the final weights
-        flags = tracker.records["final_exact"]
-        summary["n_unlearned"] = len(flags) - sum(flags)
-        if world is not None:  # ILP-World only: its ground truth is shown because it is the demo
-            summary["unlearned_by_planted_cause"] = unlearned_by_cause(train, flags)
-        if trainer.is_world_process_zero():  # the diagnosis: one cause per unlearned sample
+    # the tracker's final observation is hf_ilp.check_learned on the final weights
+    flags = tracker.records["final_exact"]
+    summary["n_unlearned"] = len(flags) - sum(flags)
+    if world is not None:  # ILP-World only: its ground truth is shown because it is the demo
+        summary["unlearned_by_planted_cause"] = unlearned_by_cause(train, flags)
+    if trainer.is_world_process_zero():  # the diagnosis: one cause per unlearned sample
+        if model_args.model_name_or_path is not None:  # the model the run started from
+            base, _ = load_model_and_tokenizer(model_args, training_args)
+        else:
             from transformers import AutoModelForCausalLM
 
-            base = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path or world.base_model_path,
-                                                        dtype=model_args.dtype).to(trainer.model.device)
-            _say("diagnosing the unlearned samples (hf_ilp.diagnose)")
-            report = diagnose(trainer.model, base, tokenizer, train, tracker.records,
-                              probes=world.probes if world is not None else None)
-            summary["diagnosis"] = str(report.save(out / "diagnosis"))
-            print_summary(report)
-    else:
-        _say("the reproduction count needs prompt-completion or messages data; skipped")
+            base = AutoModelForCausalLM.from_pretrained(world.base_model_path, dtype=model_args.dtype)
+        base = base.to(trainer.model.device)
+        _say("diagnosing the unlearned samples (hf_ilp.diagnose)")
+        report = diagnose(trainer.model, base, tokenizer, train, tracker.records,
+                          probes=world.probes if world is not None else None)
+        summary["diagnosis"] = str(report.save(out / "diagnosis"))
+        print_summary(report)
     if trainer.is_world_process_zero():
         with atomic_dir(out / "final_model") as tmp:
             trainer.save_model(str(tmp))
@@ -139,8 +138,6 @@ def main(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_a
             pushed = publish_run(trainer, report, hub, trained_on=trained_on, train_dataset=train, folder=out / "final_model")
             if pushed is not None:
                 _say(f"pushed model {pushed.model_repo_id} and diagnosis dataset {pushed.dataset_repo_id}")
-        elif hub.push_to_hub:
-            _say("--push_to_hub: nothing pushed, there is no diagnosis (it needs prompt-completion or messages data)")
     if script_args.intervene:  # causal tests: fix each diagnosed cause, re-run, re-diagnose
         summary["interventions"] = _intervene(script_args, training_args, model_args, trainer, tracker, tokenizer, train,
                                               world)

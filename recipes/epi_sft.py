@@ -23,7 +23,7 @@ from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
-from hf_ilp.training import parse_recipe_args, recipe_config
+from hf_ilp.training import load_model_and_tokenizer, parse_recipe_args, recipe_config
 from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.isolation import EvolvingIsolationCallback, IsolationConfig
 
@@ -45,7 +45,7 @@ class EPISFTConfig(SFTConfig, IsolationConfig):
         IsolationConfig.__post_init__(self)
 
 
-def _load(script_args: EPIScriptArguments, model_args: ModelConfig):
+def _load(script_args: EPIScriptArguments, training_args, model_args: ModelConfig):
     if script_args.dataset_name is None:
         from hf_ilp.world import build_multitask_world
 
@@ -53,21 +53,16 @@ def _load(script_args: EPIScriptArguments, model_args: ModelConfig):
         world = build_multitask_world(script_args.world_size, seed=script_args.world_seed)
         return world.load_base_model(), world.tokenizer, world.train.select_columns(["prompt", "completion"]), world
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if model_args.model_name_or_path is None:
         raise ValueError("epi_sft: --dataset_name needs --model_name_or_path (a Hub id or a local folder)")
     data = load_dataset(script_args.dataset_name, name=script_args.dataset_config)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision,
-        trust_remote_code=model_args.trust_remote_code, dtype=model_args.dtype,
-    )
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    model, tokenizer = load_model_and_tokenizer(model_args, training_args)
     return model, tokenizer, data[script_args.dataset_train_split], None
 
 
 def main(script_args: EPIScriptArguments, training_args: EPISFTConfig, model_args: ModelConfig):
-    model, tokenizer, train, world = _load(script_args, model_args)
+    model, tokenizer, train, world = _load(script_args, training_args, model_args)
     callbacks = []
     if training_args.isolation != "none":
         iso = IsolationConfig(**{k: getattr(training_args, k) for k in IsolationConfig.__dataclass_fields__})

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
-from hf_ilp.training import parse_recipe_args, recipe_config
+from hf_ilp.training import load_model_and_tokenizer, parse_recipe_args, recipe_config
 from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.fp4 import FP4Linear, HalfSConfig, HalfSFP4TrainerMixin, backends
 
@@ -45,7 +45,7 @@ class FP4SFTTrainer(HalfSFP4TrainerMixin, SFTTrainer):
     """`SFTTrainer` whose linears train in FP4 (`fp4_config`)."""
 
 
-def _load(script_args: FP4ScriptArguments, model_args: ModelConfig):
+def _load(script_args: FP4ScriptArguments, training_args, model_args: ModelConfig):
     if script_args.dataset_name is None:
         from hf_ilp.world import build_world
 
@@ -55,22 +55,17 @@ def _load(script_args: FP4ScriptArguments, model_args: ModelConfig):
         return (world.load_base_model(), world.tokenizer, world.train.select_columns(keep),
                 world.validation.select_columns(keep))
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if model_args.model_name_or_path is None:
         raise ValueError("fp4_sft: --dataset_name needs --model_name_or_path (a Hub id or a local folder)")
     data = load_dataset(script_args.dataset_name, name=script_args.dataset_config)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision,
-        trust_remote_code=model_args.trust_remote_code, dtype=model_args.dtype,
-    )
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    model, tokenizer = load_model_and_tokenizer(model_args, training_args)
     return (model, tokenizer, data[script_args.dataset_train_split],
             data.get(script_args.dataset_test_split))
 
 
 def main(script_args: FP4ScriptArguments, training_args: SFTConfig, model_args: ModelConfig):
-    model, tokenizer, train, validation = _load(script_args, model_args)
+    model, tokenizer, train, validation = _load(script_args, training_args, model_args)
     fp4_config = None
     if script_args.fp4 != "none":
         fp4_config = HalfSConfig(mode=script_args.fp4, group_size=script_args.fp4_group_size)

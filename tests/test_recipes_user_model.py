@@ -1,0 +1,109 @@
+"""Every recipe on a user's model and dataset: a Llama built from a config and saved with
+`save_pretrained`, JSONL files in a folder, completions longer than 64 tokens. The embedded world's
+budget (the recipe's default YAML, `max_length: 64` among it) must not leak into such a run, and
+the rows must arrive whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = [f"w{i}" for i in range(40)]
+COMPLETION_WORDS = 80  # > 64: truncated by a leaked `max_length: 64`
+TRL_MAX_LENGTH = 1024  # SFTConfig's default
+
+
+@pytest.fixture(scope="module")
+def user_run(tmp_path_factory):
+    """(model folder, dataset folder, tokenizer) of a user's run, built offline."""
+    import random
+
+    from transformers import LlamaForCausalLM
+
+    from hf_ilp.world import build_word_tokenizer, tiny_llama_config
+
+    root = tmp_path_factory.mktemp("user")
+    tokenizer = build_word_tokenizer(WORDS + ["say", "task", "a", "b", ":"])
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                               num_attention_heads=2, max_position_embeddings=256))
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    rng = random.Random(0)
+    rows = [{"prompt": f"task {'ab'[i % 2]} say {WORDS[i]} :",
+             "completion": " " + " ".join(rng.choice(WORDS) for _ in range(COMPLETION_WORDS)),
+             "task": "ab"[i % 2]} for i in range(16)]
+    (root / "data").mkdir()
+    (root / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root / "model", root / "data", tokenizer
+
+
+def _run(recipe, model, data, out, *flags):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", str(ROOT / "recipes" / f"{recipe}.py"),
+           "--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(out),
+           "--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--learning_rate", "1e-3",
+           "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", *flags]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+class _ArgsUnpickler(pickle.Unpickler):
+    """Reads the trainer's saved arguments, also those of a config class defined in a recipe script
+    (`__main__` there, absent here), as a plain attribute holder."""
+
+    def find_class(self, module, name):
+        if module == "__main__":
+            return type(name, (), {})
+        return super().find_class(module, name)
+
+
+def _training_args(folder):
+    holder = type(sys)("args_pickle")
+    holder.Unpickler, holder.load = _ArgsUnpickler, pickle.load
+    return torch.load(Path(folder) / "training_args.bin", weights_only=False, pickle_module=holder)
+
+
+@pytest.mark.parametrize("recipe,flags", [
+    ("diagnose_sft", []),
+    ("epi_sft", ["--isolation_interval", "2"]),
+    ("fp4_sft", []),
+    ("cpi_ft", []),
+])
+def test_recipe_runs_on_a_users_model_with_trl_defaults(recipe, flags, user_run, tmp_path):
+    model, data, tokenizer = user_run
+    out = tmp_path / "run"
+    _run(recipe, model, data, out, *flags)
+    args = _training_args(out / "final_model")
+    assert args.max_length == TRL_MAX_LENGTH and args.num_train_epochs == 1  # no ILP-World budget
+    if recipe == "diagnose_sft":  # every completion token reached the tracker and the diagnosis
+        from hf_ilp import load_records
+
+        records = load_records(out / "hf_ilp_records")
+        whole = len(tokenizer(" " + " ".join(["w0"] * COMPLETION_WORDS), add_special_tokens=False).input_ids) + 1  # + EOS
+        assert set(records["n_completion_tokens"]) == {whole} and whole > 64
+        summary = json.loads((out / "diagnose_summary.json").read_text())
+        assert summary["n_train"] == 16 and (out / "diagnosis" / "samples.parquet").is_file()
+
+
+def test_unusable_data_is_refused_before_training(user_run, tmp_path):
+    model, _, _ = user_run
+    data = tmp_path / "text_only"
+    data.mkdir()
+    (data / "train.jsonl").write_text(json.dumps({"text": "w1 w2"}) + "\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(ROOT / "recipes" / "diagnose_sft.py"), "--model_name_or_path", str(model),
+           "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"), "--report_to", "none"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "needs prompt-completion rows ('prompt' and 'completion') or conversations ('messages')" in proc.stderr
+    assert "['text']" in proc.stderr and not (tmp_path / "out" / "final_model").exists()
