@@ -165,14 +165,44 @@ def _accepts(model, name: str) -> bool:
     return name in inspect.signature(base.forward).parameters
 
 
+#: Logit entries (batch x positions x vocabulary) scored at once: 2^26 float32 values are 256 MiB,
+#: so a check holds one such chunk and its log-softmax, whatever the vocabulary and completion length.
+LOGITS_CHUNK_ELEMENTS = 2**26
+#: Config fields of heads that transform the logits after `lm_head` (soft-capping, scaling): such
+#: models are scored from their own `logits`, not chunk by chunk from the hidden states.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def _chunked_head(model):
+    """(decoder, lm_head) when the model's logits are exactly `lm_head(decoder(...).last_hidden_state)`,
+    else None (the model's own forward is used)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
+        return None
+    get_decoder, head = getattr(base, "get_decoder", None), base.get_output_embeddings()
+    decoder = get_decoder() if callable(get_decoder) else None
+    if decoder is None or head is None or decoder is base:
+        return None
+    return decoder, head
+
+
+def _position_chunks(batch: int, positions: int, vocab: int, budget: int):
+    step = max(1, budget // max(batch * vocab, 1))
+    return [slice(c, min(c + step, positions)) for c in range(0, positions, step)]
+
+
 @torch.no_grad()
 def score_rows(
-    model, rows: _Rows, indices, batch_size=32, num_samples=5, temperature=1.0, progress=True, desc="learn-check"
+    model, rows: _Rows, indices, batch_size=32, num_samples=5, temperature=1.0, progress=True, desc="learn-check",
+    chunk_elements: int = LOGITS_CHUNK_ELEMENTS,
 ) -> dict[str, np.ndarray]:
     """Teacher-forced scores of `rows[indices]` (each with at least one target) in batched forward passes.
 
-    Rows are sorted by length and left-padded so that only the last positions' logits are computed
-    (`logits_to_keep`): the cost is one forward of the prompt+completion per row.
+    Rows are sorted by length and left-padded. Where the head allows it (`_chunked_head`), the
+    decoder runs once and the LM head scores the completion positions in chunks of at most
+    `chunk_elements` logits, so memory holds one chunk of `[batch, positions, vocab]`, never the
+    whole completion's; otherwise only the last positions' logits are computed (`logits_to_keep`).
     """
     indices = np.asarray(indices, dtype=np.int64)
     n = len(indices)
@@ -188,6 +218,7 @@ def score_rows(
         return out
     device = next(model.parameters()).device
     keep_logits = _accepts(model, "logits_to_keep")
+    chunked = _chunked_head(model)
     lengths = np.array([len(rows.ids[i]) for i in indices])
     order = np.argsort(-lengths, kind="stable")
     was_training = model.training
@@ -213,24 +244,44 @@ def score_rows(
             kwargs = {}
             if not bool(attn.all()):  # left padding: mask it and count positions from the first real token
                 kwargs = {"attention_mask": attn.to(device), "position_ids": (attn.cumsum(-1) - 1).clamp(min=0).to(device)}
-            if keep_logits:
-                kwargs["logits_to_keep"] = keep
-            logits = model(input_ids=ids.to(device), use_cache=False, **kwargs).logits[:, -keep:-1].float()
             target_ids = ids[:, width - keep + 1 :].to(device)
             mask = tmask[:, width - keep + 1 :].to(device)
-            logp = torch.log_softmax(logits, dim=-1)
-            lp = logp.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1).masked_fill(~mask, 0.0)
-            top1 = (logits.argmax(-1) == target_ids) | ~mask
-            count = mask.sum(-1).double()
-            lp_sum = lp.double().sum(-1)
+            if chunked is not None:  # the decoder once, the head chunk by chunk
+                decoder, head = chunked
+                hidden = decoder(input_ids=ids.to(device), use_cache=False, **kwargs).last_hidden_state[:, -keep:-1]
+                vocab = getattr(getattr(head, "weight", None), "shape", (model.config.vocab_size,))[0]
+
+                def logits_of(sl, hidden=hidden, head=head):
+                    return head(hidden[:, sl]).float()
+            else:
+                if keep_logits:
+                    kwargs["logits_to_keep"] = keep
+                full = model(input_ids=ids.to(device), use_cache=False, **kwargs).logits[:, -keep:-1]
+                vocab = full.shape[-1]
+
+                def logits_of(sl, full=full):
+                    return full[:, sl].float()
+            lp_sum = torch.zeros(len(batch), dtype=torch.float64, device=device)
+            lpt_sum = torch.zeros(len(batch), dtype=torch.float64, device=device)
+            correct = torch.zeros(len(batch), dtype=torch.long, device=device)
+            exact = torch.ones(len(batch), dtype=torch.bool, device=device)
+            for sl in _position_chunks(len(batch), keep - 1, vocab, chunk_elements):
+                logits, tgt, m = logits_of(sl), target_ids[:, sl], mask[:, sl]
+                lp = torch.log_softmax(logits, dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1).masked_fill(~m, 0.0)
+                lp_sum += lp.double().sum(-1)
+                if temperature != 1.0:
+                    lpt = torch.log_softmax(logits / temperature, dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+                    lpt_sum += lpt.masked_fill(~m, 0.0).double().sum(-1)
+                top1 = logits.argmax(-1) == tgt
+                correct += (top1 & m).sum(-1)
+                exact &= (top1 | ~m).all(-1)
+                del logits, lp
             if temperature == 1.0:
                 lpt_sum = lp_sum
-            else:
-                lpt = torch.log_softmax(logits / temperature, dim=-1).gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)
-                lpt_sum = lpt.masked_fill(~mask, 0.0).double().sum(-1)
+            count = mask.sum(-1).double()
             out["nll"][pos] = (-lp_sum / count).cpu().numpy()
-            out["token_acc"][pos] = (((top1 & mask).sum(-1)) / count).cpu().numpy()
-            out["exact"][pos] = top1.all(-1).cpu().numpy()
+            out["token_acc"][pos] = (correct / count).cpu().numpy()
+            out["exact"][pos] = exact.cpu().numpy()
             out["p_gold"][pos] = lp_sum.exp().cpu().numpy()
             out["p_sample"][pos] = lpt_sum.exp().cpu().numpy()
     finally:

@@ -110,3 +110,28 @@ def test_bad_input_is_named(half_trained, word_tokenizer, rows):
         check_learned(half_trained, word_tokenizer, Dataset.from_list([{"messages": [{"role": "user", "content": "hi"}]}]))
     with pytest.raises(ValueError, match="temperature"):
         check_learned(half_trained, word_tokenizer, rows, temperature=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_scoring_equals_the_whole_logits(half_trained, word_tokenizer, rows, temperature):
+    """The head scored one completion position at a time (the smallest chunk) and the model's own
+    forward (no chunking) give the same verdicts and probabilities."""
+    import copy
+
+    from hf_ilp.tracking.learn_check import _chunked_head, score_rows
+
+    tokenized = tokenize_rows(rows, word_tokenizer)
+    vocab = half_trained.config.vocab_size
+    assert _chunked_head(half_trained) is not None
+    one_position = score_rows(half_trained, tokenized, range(len(rows)), batch_size=8, temperature=temperature,
+                              progress=False, chunk_elements=vocab)
+    # a config that declares a logit transform is scored from the model's own forward; Llama ignores
+    # this field, so its logits stay lm_head's and the two paths must agree
+    own = copy.deepcopy(half_trained)
+    own.config.final_logit_softcapping = 30.0
+    assert _chunked_head(own) is None
+    whole = score_rows(own, tokenized, range(len(rows)), batch_size=8, temperature=temperature, progress=False)
+    np.testing.assert_array_equal(one_position["exact"], whole["exact"])
+    np.testing.assert_array_equal(one_position["token_acc"], whole["token_acc"])
+    for key in ("nll", "p_gold", "p_sample"):
+        np.testing.assert_allclose(one_position[key], whole[key], rtol=1e-5, err_msg=key)
