@@ -26,10 +26,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hf_ilp.tracking.learn_check import LOGITS_CHUNK_ELEMENTS, decoder_and_head, position_chunks
+
 
 @torch.no_grad()
-def teacher_forced_stats(model, sequences, batch_size=16, pad_id=0, other=None, desc="forward", progress=True):
-    """Per-sample statistics of `model` (and `other`, compared with it) on (prompt_ids, completion_ids)."""
+def teacher_forced_stats(model, sequences, batch_size=16, pad_id=0, other=None, desc="forward", progress=True,
+                         chunk_elements=LOGITS_CHUNK_ELEMENTS):
+    """Per-sample statistics of `model` (and `other`, compared with it) on (prompt_ids, completion_ids).
+
+    Memory holds one chunk of at most `chunk_elements` logits per model (`_token_reads`), never a
+    whole batch's completion x vocabulary."""
     n = len(sequences)
     out = {k: np.full(n, np.nan) for k in ("gm_p", "p_seq", "exact", "min_p", "alt_prob", "alt_token")}
     if other is not None:
@@ -45,30 +51,27 @@ def teacher_forced_stats(model, sequences, batch_size=16, pad_id=0, other=None, 
         for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
             idx = order[start:start + batch_size]
             batch = [sequences[i] for i in idx]
-            logp = _completion_log_probs(model, batch, pad_id)
-            logq = _completion_log_probs(other, batch, pad_id) if other is not None else None
+            reads = _token_reads(model, batch, pad_id, other, chunk_elements)
             offset = 0
-            for row, (i, (_, completion)) in enumerate(zip(idx, batch)):
+            for i, (_, completion) in zip(idx, batch):
                 k = len(completion)
-                target = torch.tensor(completion, device=logp.device)
-                lp = logp[offset:offset + k]
-                gold = lp.gather(1, target[:, None])[:, 0]
-                top_p, top = lp.max(dim=1)
-                wrong = (top != target).nonzero()
+                r = {key: value[offset:offset + k] for key, value in reads.items()}
+                offset += k
+                target = torch.tensor(completion, device=r["gold"].device)
+                gold = r["gold"]
+                wrong = (r["top"] != target).nonzero()
                 out["gm_p"][i] = math.exp(gold.mean().item())
                 out["p_seq"][i] = math.exp(gold.sum().item())
                 out["exact"][i] = float(len(wrong) == 0)
                 out["min_p"][i] = math.exp(gold.min().item())
                 div = int(wrong[0, 0]) if len(wrong) else None
-                out["alt_prob"][i] = math.exp(top_p[div].item()) if div is not None else 0.0
+                out["alt_prob"][i] = math.exp(r["top_p"][div].item()) if div is not None else 0.0
                 if div is not None:
-                    out["alt_token"][i] = int(top[div])
-                if logq is not None:
-                    lq = logq[offset:offset + k].to(lp.device)
-                    out["jsd"][i] = _jsd_bits(lp, lq).mean().item()
-                    out["other_gm_p"][i] = math.exp(lq.gather(1, target[:, None])[:, 0].mean().item())
-                    out["follows_alt"][i] = float(div is not None and bool(lq[div, top[div]] > lq[div, target[div]]))
-                offset += k
+                    out["alt_token"][i] = int(r["top"][div])
+                if other is not None:
+                    out["jsd"][i] = r["jsd"].mean().item()
+                    out["other_gm_p"][i] = math.exp(r["other_gold"].mean().item())
+                    out["follows_alt"][i] = float(div is not None and bool(r["other_at_top"][div] > r["other_gold"][div]))
     finally:
         for m, flag in zip(models, was_training):
             m.train(flag)
@@ -85,23 +88,24 @@ def next_token_choice(model, prompts, batch_size=16, pad_id=0):
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         for start in range(0, len(prompts), batch_size):
             idx = order[start:start + batch_size]
-            # a one-token placeholder completion: its log-prob row is the distribution after the prompt
-            logp = _completion_log_probs(model, [(prompts[i], [pad_id]) for i in idx], pad_id)
-            top_p, top = logp.max(dim=1)
-            ids[idx], probs[idx] = top.cpu().numpy(), top_p.exp().cpu().numpy()
+            # a one-token placeholder completion: its position reads the distribution after the prompt
+            reads = _token_reads(model, [(prompts[i], [pad_id]) for i in idx], pad_id)
+            ids[idx], probs[idx] = reads["top"].cpu().numpy(), reads["top_p"].exp().cpu().numpy()
     finally:
         model.train(was_training)
     return ids, probs
 
 
-def _completion_log_probs(model, batch, pad_id):
-    """Log-softmax rows predicting each completion token, concatenated over the batch (float32).
+def _token_reads(model, batch, pad_id, other=None, chunk_elements=LOGITS_CHUNK_ELEMENTS):
+    """Per completion token of `batch`, concatenated row after row (float32 log-probabilities):
+    `gold` (of the target), `top_p` / `top` (the greedy token and its log-probability) and, with
+    `other`, `other_gold`, `other_at_top` (its log-probability of `model`'s greedy token) and `jsd`
+    (bits, between the two next-token distributions).
 
     Rows are left-padded with explicit position ids (so every row sees the positions it has
-    alone), and only the last positions' logits are computed when the model accepts
-    `logits_to_keep`: memory grows with the longest completion, not with prompt x vocabulary.
-    """
-    device = next(model.parameters()).device
+    alone). Each model's decoder runs once and its LM head reads the completion positions in
+    chunks (`hf_ilp.tracking.learn_check.decoder_and_head`); a model whose head cannot be split is
+    read from its own logits of the last positions (`logits_to_keep` where accepted)."""
     width = max(len(p) + len(c) for p, c in batch)
     keep = max(len(c) for _, c in batch) + 1
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -111,16 +115,47 @@ def _completion_log_probs(model, batch, pad_id):
         input_ids[b, width - len(seq):] = torch.tensor(seq)
         attention[b, width - len(seq):] = 1
     position_ids = (attention.cumsum(1) - 1).clamp(min=0)
-    kwargs = {"logits_to_keep": keep} if _accepts(model, "logits_to_keep") else {}
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                   position_ids=position_ids.to(device), **kwargs).logits
-    logits = logits[:, -keep:]
+    logits_of = [_logits_reader(m, input_ids, attention, position_ids, keep) for m in (model, other) if m is not None]
+    device = next(model.parameters()).device
+    targets = input_ids[:, width - keep + 1:].to(device)  # the token each of the first keep - 1 window positions predicts
+    names = ("gold", "top_p", "top") + (("other_gold", "other_at_top", "jsd") if other is not None else ())
+    window = {name: torch.zeros((len(batch), keep - 1), dtype=torch.long if name == "top" else torch.float32,
+                                device=device) for name in names}
+    vocab = model.config.vocab_size
+    for sl in position_chunks(len(batch), keep - 1, vocab, chunk_elements):
+        logp = torch.log_softmax(logits_of[0](sl).float(), dim=-1)
+        tgt = targets[:, sl].unsqueeze(-1)
+        window["gold"][:, sl] = logp.gather(-1, tgt).squeeze(-1)
+        window["top_p"][:, sl], window["top"][:, sl] = logp.max(dim=-1)
+        if other is not None:
+            logq = torch.log_softmax(logits_of[1](sl).float(), dim=-1).to(device)
+            window["other_gold"][:, sl] = logq.gather(-1, tgt).squeeze(-1)
+            window["other_at_top"][:, sl] = logq.gather(-1, window["top"][:, sl].unsqueeze(-1)).squeeze(-1)
+            window["jsd"][:, sl] = _jsd_bits(logp, logq)
+            del logq
+        del logp
     rows, cols = [], []
     for b, (_, completion) in enumerate(batch):
         rows += [b] * len(completion)
-        cols += range(keep - 1 - len(completion), keep - 1)  # logits at t predict token t + 1
-    picked = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
-    return torch.log_softmax(picked.float(), dim=-1)
+        cols += range(keep - 1 - len(completion), keep - 1)
+    rows, cols = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
+    return {name: value[rows, cols] for name, value in window.items()}
+
+
+def _logits_reader(model, input_ids, attention, position_ids, keep):
+    """A function from a slice of the last `keep` positions to the model's logits there."""
+    device = next(model.parameters()).device
+    kwargs = dict(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                  position_ids=position_ids.to(device))
+    split = decoder_and_head(model)
+    if split is not None:
+        decoder, head = split
+        hidden = decoder(use_cache=False, **kwargs).last_hidden_state[:, -keep:]
+        return lambda sl: head(hidden[:, sl])
+    if _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = keep
+    logits = model(**kwargs).logits[:, -keep:]
+    return lambda sl: logits[:, sl]
 
 
 def _accepts(model, name):

@@ -173,7 +173,7 @@ LOGITS_CHUNK_ELEMENTS = 2**26
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
-def _chunked_head(model):
+def decoder_and_head(model):
     """(decoder, lm_head) when the model's logits are exactly `lm_head(decoder(...).last_hidden_state)`,
     else None (the model's own forward is used)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -187,7 +187,8 @@ def _chunked_head(model):
     return decoder, head
 
 
-def _position_chunks(batch: int, positions: int, vocab: int, budget: int):
+def position_chunks(batch: int, positions: int, vocab: int, budget: int = LOGITS_CHUNK_ELEMENTS) -> list[slice]:
+    """Slices of `positions` such that `batch` x slice x `vocab` logits stay within `budget`."""
     step = max(1, budget // max(batch * vocab, 1))
     return [slice(c, min(c + step, positions)) for c in range(0, positions, step)]
 
@@ -199,7 +200,7 @@ def score_rows(
 ) -> dict[str, np.ndarray]:
     """Teacher-forced scores of `rows[indices]` (each with at least one target) in batched forward passes.
 
-    Rows are sorted by length and left-padded. Where the head allows it (`_chunked_head`), the
+    Rows are sorted by length and left-padded. Where the head allows it (`decoder_and_head`), the
     decoder runs once and the LM head scores the completion positions in chunks of at most
     `chunk_elements` logits, so memory holds one chunk of `[batch, positions, vocab]`, never the
     whole completion's; otherwise only the last positions' logits are computed (`logits_to_keep`).
@@ -218,7 +219,7 @@ def score_rows(
         return out
     device = next(model.parameters()).device
     keep_logits = _accepts(model, "logits_to_keep")
-    chunked = _chunked_head(model)
+    chunked = decoder_and_head(model)
     lengths = np.array([len(rows.ids[i]) for i in indices])
     order = np.argsort(-lengths, kind="stable")
     was_training = model.training
@@ -265,7 +266,7 @@ def score_rows(
             lpt_sum = torch.zeros(len(batch), dtype=torch.float64, device=device)
             correct = torch.zeros(len(batch), dtype=torch.long, device=device)
             exact = torch.ones(len(batch), dtype=torch.bool, device=device)
-            for sl in _position_chunks(len(batch), keep - 1, vocab, chunk_elements):
+            for sl in position_chunks(len(batch), keep - 1, vocab, chunk_elements):
                 logits, tgt, m = logits_of(sl), target_ids[:, sl], mask[:, sl]
                 lp = torch.log_softmax(logits, dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1).masked_fill(~m, 0.0)
                 lp_sum += lp.double().sum(-1)

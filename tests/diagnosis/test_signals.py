@@ -211,8 +211,13 @@ def test_batched_stats_equal_one_row_at_a_time():
             for _ in range(7)]
     together = teacher_forced_stats(model, seqs, batch_size=7, other=other, progress=False)
     alone = teacher_forced_stats(model, seqs, batch_size=1, other=other, progress=False)
+    # the LM heads read one position at a time (the smallest chunk of logits)
+    chunked = teacher_forced_stats(model, seqs, batch_size=7, other=other, progress=False, chunk_elements=1)
     for key in ("gm_p", "p_seq", "alt_prob", "jsd", "other_gm_p"):
         np.testing.assert_allclose(together[key], alone[key], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(together[key], chunked[key], rtol=1e-5, atol=1e-7)
+    for key in ("exact", "alt_token", "follows_alt"):
+        np.testing.assert_array_equal(together[key], chunked[key])
     # and the same as a plain unpadded forward
     prompt, completion = seqs[3]
     with torch.no_grad():

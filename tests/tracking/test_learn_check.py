@@ -118,18 +118,18 @@ def test_chunked_scoring_equals_the_whole_logits(half_trained, word_tokenizer, r
     forward (no chunking) give the same verdicts and probabilities."""
     import copy
 
-    from hf_ilp.tracking.learn_check import _chunked_head, score_rows
+    from hf_ilp.tracking.learn_check import decoder_and_head, score_rows
 
     tokenized = tokenize_rows(rows, word_tokenizer)
     vocab = half_trained.config.vocab_size
-    assert _chunked_head(half_trained) is not None
+    assert decoder_and_head(half_trained) is not None
     one_position = score_rows(half_trained, tokenized, range(len(rows)), batch_size=8, temperature=temperature,
                               progress=False, chunk_elements=vocab)
     # a config that declares a logit transform is scored from the model's own forward; Llama ignores
     # this field, so its logits stay lm_head's and the two paths must agree
     own = copy.deepcopy(half_trained)
     own.config.final_logit_softcapping = 30.0
-    assert _chunked_head(own) is None
+    assert decoder_and_head(own) is None
     whole = score_rows(own, tokenized, range(len(rows)), batch_size=8, temperature=temperature, progress=False)
     np.testing.assert_array_equal(one_position["exact"], whole["exact"])
     np.testing.assert_array_equal(one_position["token_acc"], whole["token_acc"])
