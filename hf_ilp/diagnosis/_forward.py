@@ -28,10 +28,14 @@ from tqdm.auto import tqdm
 
 from hf_ilp.tracking.learn_check import LOGITS_CHUNK_ELEMENTS, decoder_and_head, position_chunks
 
+#: Logits per model read at once: a quarter of the learn-check's chunk, since comparing two models
+#: (log-softmax of each, their mixture for the JSD) keeps about eight such arrays alive.
+CHUNK_ELEMENTS = LOGITS_CHUNK_ELEMENTS // 4
+
 
 @torch.no_grad()
 def teacher_forced_stats(model, sequences, batch_size=16, pad_id=0, other=None, desc="forward", progress=True,
-                         chunk_elements=LOGITS_CHUNK_ELEMENTS):
+                         chunk_elements=CHUNK_ELEMENTS):
     """Per-sample statistics of `model` (and `other`, compared with it) on (prompt_ids, completion_ids).
 
     Memory holds one chunk of at most `chunk_elements` logits per model (`_token_reads`), never a
@@ -96,7 +100,7 @@ def next_token_choice(model, prompts, batch_size=16, pad_id=0):
     return ids, probs
 
 
-def _token_reads(model, batch, pad_id, other=None, chunk_elements=LOGITS_CHUNK_ELEMENTS):
+def _token_reads(model, batch, pad_id, other=None, chunk_elements=CHUNK_ELEMENTS):
     """Per completion token of `batch`, concatenated row after row (float32 log-probabilities):
     `gold` (of the target), `top_p` / `top` (the greedy token and its log-probability) and, with
     `other`, `other_gold`, `other_at_top` (its log-probability of `model`'s greedy token) and `jsd`
