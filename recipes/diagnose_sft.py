@@ -115,13 +115,14 @@ def main(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_a
     if world is not None:  # ILP-World only: its ground truth is shown because it is the demo
         summary["unlearned_by_planted_cause"] = unlearned_by_cause(train, flags)
     if trainer.is_world_process_zero():  # the diagnosis: one cause per unlearned sample
-        if model_args.model_name_or_path is not None:  # the model the run started from
-            base, _ = load_model_and_tokenizer(model_args, training_args)
+        if hasattr(trainer.model, "disable_adapter"):  # LoRA: the base is the model with its adapters off
+            base = None
+        elif model_args.model_name_or_path is not None:  # the model the run started from
+            base = load_model_and_tokenizer(model_args, training_args)[0].to(trainer.model.device)
         else:
             from transformers import AutoModelForCausalLM
 
-            base = AutoModelForCausalLM.from_pretrained(world.base_model_path, dtype=model_args.dtype)
-        base = base.to(trainer.model.device)
+            base = AutoModelForCausalLM.from_pretrained(world.base_model_path, dtype=model_args.dtype).to(trainer.model.device)
         _say("diagnosing the unlearned samples (hf_ilp.diagnose)")
         report = diagnose(trainer.model, base, tokenizer, train, tracker.records,
                           probes=world.probes if world is not None else None)

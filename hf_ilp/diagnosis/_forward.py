@@ -19,6 +19,7 @@ signals need (METHODS 1.1: greedy reproduction under teacher forcing is an argma
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 
@@ -146,6 +147,27 @@ def _token_reads(model, batch, pad_id, other=None, chunk_elements=CHUNK_ELEMENTS
     return {name: value[rows, cols] for name, value in window.items()}
 
 
+class AdaptersDisabled:
+    """The base model inside a PEFT model: the PEFT model read with its adapters disabled
+    (`disable_adapter()`), so a diagnosis of a LoRA run needs no second copy of the base in memory.
+    Everything else (parameters, config, embeddings) is the PEFT model's."""
+
+    def __init__(self, peft_model):
+        self.peft_model = peft_model
+
+    def __getattr__(self, name):
+        return getattr(self.peft_model, name)
+
+    def __call__(self, *args, **kwargs):
+        with self.peft_model.disable_adapter():
+            return self.peft_model(*args, **kwargs)
+
+
+def _reading(model):
+    """The context in which `model`'s modules compute what `model` means (adapters off for a base view)."""
+    return model.peft_model.disable_adapter() if isinstance(model, AdaptersDisabled) else contextlib.nullcontext()
+
+
 def _logits_reader(model, input_ids, attention, position_ids, keep):
     """A function from a slice of the last `keep` positions to the model's logits there."""
     device = next(model.parameters()).device
@@ -154,11 +176,18 @@ def _logits_reader(model, input_ids, attention, position_ids, keep):
     split = decoder_and_head(model)
     if split is not None:
         decoder, head = split
-        hidden = decoder(use_cache=False, **kwargs).last_hidden_state[:, -keep:]
-        return lambda sl: head(hidden[:, sl])
+        with _reading(model):
+            hidden = decoder(use_cache=False, **kwargs).last_hidden_state[:, -keep:]
+
+        def read(sl):
+            with _reading(model):
+                return head(hidden[:, sl])
+
+        return read
     if _accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = keep
-    logits = model(**kwargs).logits[:, -keep:]
+    with _reading(model):
+        logits = model(**kwargs).logits[:, -keep:]
     return lambda sl: logits[:, sl]
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hf_ilp.diagnosis._forward import next_token_choice, teacher_forced_stats
+from hf_ilp.diagnosis._forward import AdaptersDisabled, next_token_choice, teacher_forced_stats
 from hf_ilp.diagnosis._inputs import check_models, read_samples, tokenize_pairs
 from hf_ilp.diagnosis.config import DiagnoserConfig
 from hf_ilp.diagnosis.data_inconsistency import PromptIndex, data_inconsistency_signal, neighbourhood_density
@@ -75,6 +75,8 @@ class Diagnoser:
     def diagnose(self, model, base_model, tokenizer, dataset, records, probes=None, base_tokenizer=None):
         """Return a `DiagnosisReport` over every row of `dataset` (see the module docstring).
 
+        `base_model`: the model fine-tuning started from; None for a PEFT `model`, whose base is
+        then read through `disable_adapter()` (no second copy in memory).
         `records`: LearnTracker records (a Dataset, or the path of a records folder). `probes`:
         optional Dataset with `id`, `probe_prompts`, `probe_completions` (prerequisite knowledge
         per sample, read by the base model only). `base_tokenizer`: pass it when the base model
@@ -83,10 +85,13 @@ class Diagnoser:
         cfg = self.config
         timings = {}
         t0 = time.perf_counter()
+        notes = []
+        if base_model is None:
+            base_model = _base_inside(model)
+            notes.append("base model: the fine-tuned PEFT model read with its adapters disabled (no second copy)")
         samples = read_samples(dataset, tokenizer)
         check_models(model, base_model, tokenizer, base_tokenizer)
         rec = _align_records(_load_records(records), samples.ids)
-        notes = []
         learned = self._learned(rec, model, tokenizer, dataset, notes)
         unlearned = np.flatnonzero(~learned)
         q = len(unlearned)
@@ -360,6 +365,16 @@ class _FewShot:
         chosen = [self.templates.exemplars(int(i), cfg.fewshot_examples) for i in rows]
         return fewshot_sequences(self.samples.sequences, [int(i) for i in rows], chosen, self.bos, self.eos,
                                  cfg.fewshot_max_tokens)
+
+
+def _base_inside(model):
+    """The base model of a PEFT fine-tuning run, as a view of `model` with its adapters disabled."""
+    if not (hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")):
+        raise ValueError(
+            "base_model is None: pass the model fine-tuning started from, or a PEFT model (LoRA, ...) whose "
+            "adapters hold the fine-tuning, whose base is then read with the adapters disabled"
+        )
+    return AdaptersDisabled(model)
 
 
 def _calibration_pick(n: int, rows: int) -> np.ndarray:

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from datasets import Dataset
 
 from hf_ilp import CAUSES, DiagnosisReport, Diagnoser, DiagnoserConfig, diagnose
@@ -179,3 +180,25 @@ def test_cli_on_saved_folders(fact_world, fact_records, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "knowledge_conflict" in printed and "report written to" in printed
     assert _verdicts(DiagnosisReport.load(tmp_path / "report")) == EXPECTED
+
+
+def test_a_peft_model_is_diagnosed_against_its_own_base(fact_world, fact_records):
+    """With `base_model=None`, a LoRA model's base is read through `disable_adapter()`: the same
+    report as with a separate copy of the base."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    base = fact_world["base"]
+    torch.manual_seed(0)
+    lora = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["lm_head"], init_lora_weights=False))
+    train = Dataset.from_list(fact_world["rows"])
+    with_copy = diagnose(lora, base, fact_world["tokenizer"], train, fact_records, config=LEXICAL)
+    inside = diagnose(lora, None, fact_world["tokenizer"], train, fact_records, config=LEXICAL)
+    assert any("adapters disabled" in n for n in inside.summary["notes"])
+    assert inside.samples["cause"] == with_copy.samples["cause"]
+    for column in ("base_gold_prob", "base_alt_prob", "jsd_base_ft", "ft_gold_prob"):
+        np.testing.assert_allclose(inside.samples[column], with_copy.samples[column], rtol=1e-5, equal_nan=True)
+    assert not np.allclose(inside.samples["base_gold_prob"], inside.samples["ft_gold_prob"], equal_nan=True)  # the adapters matter
+    with pytest.raises(ValueError, match="base_model is None"):
+        diagnose(base, None, fact_world["tokenizer"], train, fact_records, config=LEXICAL)
