@@ -75,6 +75,7 @@ def _training_args(folder):
 
 @pytest.mark.parametrize("recipe,flags", [
     ("diagnose_sft", []),
+    ("diagnose_sft", ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"]),
     ("epi_sft", ["--isolation_interval", "2"]),
     ("fp4_sft", []),
     ("cpi_ft", []),
@@ -93,6 +94,8 @@ def test_recipe_runs_on_a_users_model_with_trl_defaults(recipe, flags, user_run,
         assert set(records["n_completion_tokens"]) == {whole} and whole > 64
         summary = json.loads((out / "diagnose_summary.json").read_text())
         assert summary["n_train"] == 16 and (out / "diagnosis" / "samples.parquet").is_file()
+        notes = json.loads((out / "diagnosis" / "summary.json").read_text())["notes"]
+        assert ("--use_peft" in flags) == any("adapters disabled" in n for n in notes)
 
 
 def test_unusable_data_is_refused_before_training(user_run, tmp_path):
