@@ -182,6 +182,43 @@ def test_cli_on_saved_folders(fact_world, fact_records, tmp_path, capsys):
     assert _verdicts(DiagnosisReport.load(tmp_path / "report")) == EXPECTED
 
 
+def test_cli_the_trl_way(fact_world, fact_records, tmp_path, capsys):
+    """snake_case flags, a --config YAML that the command line overrides, --dtype, a folder of JSONL
+    files, and a saved LoRA adapter diagnosed without --base_model (its base with adapters off)."""
+    import yaml
+    from peft import LoraConfig, get_peft_model
+
+    from hf_ilp.cli import main
+
+    tok = fact_world["tokenizer"]
+    fact_world["base"].save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
+                          LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")  # adapter_config.json names the base folder
+    tok.save_pretrained(tmp_path / "adapter")
+    (tmp_path / "data").mkdir()
+    Dataset.from_list(fact_world["rows"]).to_json(tmp_path / "data" / "train.jsonl")
+    save_records(tmp_path / "records", fact_records, meta={})
+    config = {"model": str(tmp_path / "adapter"), "dataset": str(tmp_path / "data"), "records": str(tmp_path / "records"),
+              "output": str(tmp_path / "wrong"), "encoder": "lexical", "progress": False, "min_score": 0.5}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    code = main(["diagnose", "--config", str(tmp_path / "run.yaml"), "--output_dir", str(tmp_path / "report"),
+                 "--dtype", "float32", "--duplicate_similarity", "0.9"])
+    assert code == 0 and not (tmp_path / "wrong").exists()  # the command line won over the YAML
+    report = DiagnosisReport.load(tmp_path / "report")
+    assert any("adapters disabled" in n for n in report.summary["notes"])
+    assert report.summary["settings"]["encoder"] is None and report.summary["settings"]["duplicate_similarity"] == 0.9
+    with pytest.raises(SystemExit, match="--records, --output required"):
+        main(["diagnose", "--model", str(tmp_path / "base"), "--dataset", str(tmp_path / "data")])
+    (tmp_path / "bad.yaml").write_text("modle: x\n")
+    with pytest.raises(SystemExit, match="unknown key 'modle'"):
+        main(["diagnose", "--config", str(tmp_path / "bad.yaml")])
+
+
 def test_a_peft_model_is_diagnosed_against_its_own_base(fact_world, fact_records):
     """With `base_model=None`, a LoRA model's base is read through `disable_adapter()`: the same
     report as with a separate copy of the base."""
