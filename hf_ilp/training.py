@@ -33,20 +33,40 @@ def train_stages(
     one `on_train_begin`/`on_train_end` per stage and can tell stages apart by the trainer's
     `args.output_dir`. Without a `stage` column this is one ordinary training run in
     `args.output_dir`. `peft_config`, if given, wraps the model once, in the first stage.
+
+    `args.resume_from_checkpoint` is honoured: a checkpoint path for a run without stages; `True`
+    resumes every stage from the last checkpoint in its own folder (a finished stage from its
+    final checkpoint, a stage with none from its start).
     """
+    resume = getattr(args, "resume_from_checkpoint", None)
+    resume = True if str(resume).lower() == "true" else resume  # `--resume_from_checkpoint true` parses as a string
     if "stage" not in train_dataset.column_names:
-        return _train(trainer_cls, model, processing_class, train_dataset, args, callbacks, eval_dataset, peft_config)
+        return _train(trainer_cls, model, processing_class, train_dataset, args, callbacks, eval_dataset, peft_config,
+                      resume)
+    if resume not in (None, False, True):
+        raise ValueError(
+            f"resume_from_checkpoint={resume!r}: with a 'stage' column each stage has its own checkpoints "
+            f"(output_dir/stage-K/checkpoint-N); pass True to resume every stage from its last one"
+        )
     stages = sorted(set(train_dataset["stage"]))
     trainer = None
     for stage in stages:
         subset = train_dataset.filter(lambda s, k=stage: s == k, input_columns="stage")
         stage_args = dataclasses.replace(args, output_dir=os.path.join(args.output_dir, f"stage-{stage}"))
-        trainer = _train(trainer_cls, model, processing_class, subset, stage_args, callbacks, eval_dataset, peft_config)
+        stage_resume = _last_checkpoint(stage_args.output_dir) if resume not in (None, False) else None
+        trainer = _train(trainer_cls, model, processing_class, subset, stage_args, callbacks, eval_dataset, peft_config,
+                         stage_resume)
         model, peft_config = trainer.model, None
     return trainer
 
 
-def _train(trainer_cls, model, processing_class, train_dataset, args, callbacks, eval_dataset, peft_config):
+def _last_checkpoint(folder):
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(folder) if os.path.isdir(folder) else None
+
+
+def _train(trainer_cls, model, processing_class, train_dataset, args, callbacks, eval_dataset, peft_config, resume=None):
     kwargs = {"peft_config": peft_config} if peft_config is not None else {}
     trainer = trainer_cls(
         model=model,
@@ -57,7 +77,7 @@ def _train(trainer_cls, model, processing_class, train_dataset, args, callbacks,
         callbacks=list(callbacks),
         **kwargs,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume or None)
     return trainer
 
 
@@ -123,6 +143,26 @@ def load_model_and_tokenizer(model_args, training_args, name_or_path=None):
     model = AutoModelForCausalLM.from_pretrained(path, **{k: v for k, v in kwargs.items() if v is not None})
     tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision, trust_remote_code=trust)
     return model, tokenizer
+
+
+def prefixed_arguments(config_cls, prefix: str, name: str):
+    """A dataclass with `config_cls`'s fields, each named `prefix + field`, for a recipe's parser
+    (flags and YAML keys) where two configs share a field name (`--tracker_batch_size`,
+    `--diagnosis_batch_size`); its `config()` builds the `config_cls` instance."""
+    import typing
+
+    hints = typing.get_type_hints(config_cls)
+    specs = []
+    for f in dataclasses.fields(config_cls):
+        default = {"default": f.default} if f.default is not dataclasses.MISSING else {"default_factory": f.default_factory}
+        metadata = {**f.metadata, "help": f.metadata.get("help", "").replace("%", "%%")}  # argparse formats help with %
+        specs.append((prefix + f.name, hints[f.name], dataclasses.field(metadata=metadata, **default)))
+
+    def config(self):
+        return config_cls(**{f.name: getattr(self, prefix + f.name) for f in dataclasses.fields(config_cls)})
+
+    return dataclasses.make_dataclass(name, specs, namespace={"config": config, "__doc__": f"`{config_cls.__name__}` "
+                                                              f"as `{prefix}*` flags."})
 
 
 def recipe_config(name: str):

@@ -22,6 +22,7 @@ the dataset `USER/NAME-ilp-diagnosis` (a failed push is retried later with
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +30,11 @@ from pathlib import Path
 from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser, get_peft_config
 
 from hf_ilp._io import atomic_dir, write_json_atomic
-from hf_ilp.diagnosis import diagnose
+from hf_ilp.diagnosis import DiagnoserConfig, diagnose
 from hf_ilp.diagnosis.display import print_summary
 from hf_ilp.hub import publish_run, take_hub_settings
-from hf_ilp.training import load_model_and_tokenizer, parse_recipe_args, recipe_config, train_stages
+from hf_ilp.training import (load_model_and_tokenizer, parse_recipe_args, prefixed_arguments, recipe_config,
+                             train_stages)
 from hf_ilp.tracking import LearnTracker, LearnTrackerConfig
 from hf_ilp.world.evaluate import unlearned_by_cause
 
@@ -53,6 +55,12 @@ class DiagnoseScriptArguments(ScriptArguments):
     knowledge_corpus: str | None = field(
         default=None, metadata={"help": "Dataset (Hub id or folder) with a 'text' column searched by BM25 for the "
                                         "knowledge interventions (default on ILP-World: the world's documents)."})
+
+
+# every LearnTrackerConfig and DiagnoserConfig field as a flag and YAML key: --tracker_every_n_steps,
+# --diagnosis_encoder, ... (prefixed: both configs have a batch_size)
+TrackerArguments = prefixed_arguments(LearnTrackerConfig, "tracker_", "TrackerArguments")
+DiagnosisArguments = prefixed_arguments(DiagnoserConfig, "diagnosis_", "DiagnosisArguments")
 
 
 def _say(message: str) -> None:
@@ -96,10 +104,13 @@ def load_data(script_args: DiagnoseScriptArguments, training_args: SFTConfig, mo
     return model, tokenizer, train, world
 
 
-def main(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> dict:
+def main(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_args: ModelConfig,
+         tracker_args=None, diagnosis_args=None) -> dict:
     model, tokenizer, train, world = load_data(script_args, training_args, model_args)
-    records_dir = Path(training_args.output_dir) / "hf_ilp_records"
-    tracker = LearnTracker(dataset=train, config=LearnTrackerConfig(records_dir=str(records_dir)))
+    tracker_config = tracker_args.config() if tracker_args is not None else LearnTrackerConfig()
+    diagnoser_config = diagnosis_args.config() if diagnosis_args is not None else DiagnoserConfig()
+    records_dir = Path(tracker_config.records_dir or Path(training_args.output_dir) / "hf_ilp_records")
+    tracker = LearnTracker(dataset=train, config=dataclasses.replace(tracker_config, records_dir=str(records_dir)))
     callbacks = [tracker]
     hub = take_hub_settings(training_args)  # no Trainer push while training: one push at the end, with the diagnosis
     _say(f"fine-tuning for {training_args.num_train_epochs:g} epoch(s) per stage, lr {training_args.learning_rate:g}")
@@ -125,7 +136,7 @@ def main(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_a
             base = AutoModelForCausalLM.from_pretrained(world.base_model_path, dtype=model_args.dtype).to(trainer.model.device)
         _say("diagnosing the unlearned samples (hf_ilp.diagnose)")
         report = diagnose(trainer.model, base, tokenizer, train, tracker.records,
-                          probes=world.probes if world is not None else None)
+                          probes=world.probes if world is not None else None, config=diagnoser_config)
         summary["diagnosis"] = str(report.save(out / "diagnosis"))
         print_summary(report)
     if trainer.is_world_process_zero():
@@ -202,7 +213,7 @@ def _print_summary(summary: dict) -> None:
 
 
 def make_parser(subparsers=None):
-    dataclass_types = (DiagnoseScriptArguments, SFTConfig, ModelConfig)
+    dataclass_types = (DiagnoseScriptArguments, SFTConfig, ModelConfig, TrackerArguments, DiagnosisArguments)
     if subparsers is not None:
         parser = subparsers.add_parser("diagnose_sft", help="SFT and unlearned-sample count", dataclass_types=dataclass_types)
     else:

@@ -28,7 +28,7 @@ def test_recipe_help_and_default_config(path, tmp_path):
     assert "--output_dir" in help_text and "--model_name_or_path" in help_text
     config = path.parent / "configs" / f"{path.stem}.yaml"
     assert config.is_file(), f"{path.name} has no default config {config}"
-    script_args, training_args, model_args = parse_recipe_args(
+    script_args, training_args, model_args, *more = parse_recipe_args(
         recipe.make_parser(), config, argv=["--output_dir", str(tmp_path / "out")]
     )
     assert training_args.output_dir == str(tmp_path / "out")  # the command line wins over the YAML

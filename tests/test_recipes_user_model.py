@@ -74,7 +74,7 @@ def _training_args(folder):
 
 
 @pytest.mark.parametrize("recipe,flags", [
-    ("diagnose_sft", []),
+    ("diagnose_sft", ["--diagnosis_encoder", "lexical", "--tracker_every_n_steps", "2"]),
     ("diagnose_sft", ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"]),
     ("epi_sft", ["--isolation_interval", "2"]),
     ("fp4_sft", []),
@@ -94,8 +94,11 @@ def test_recipe_runs_on_a_users_model_with_trl_defaults(recipe, flags, user_run,
         assert set(records["n_completion_tokens"]) == {whole} and whole > 64
         summary = json.loads((out / "diagnose_summary.json").read_text())
         assert summary["n_train"] == 16 and (out / "diagnosis" / "samples.parquet").is_file()
-        notes = json.loads((out / "diagnosis" / "summary.json").read_text())["notes"]
-        assert ("--use_peft" in flags) == any("adapters disabled" in n for n in notes)
+        diagnosis = json.loads((out / "diagnosis" / "summary.json").read_text())
+        assert ("--use_peft" in flags) == any("adapters disabled" in n for n in diagnosis["notes"])
+        if "--diagnosis_encoder" in flags:  # LearnTrackerConfig and DiagnoserConfig fields reached as flags
+            assert diagnosis["settings"]["encoder"] is None and diagnosis["settings"]["encoder_batch_size"] == 64
+            assert any("steps" in kinds for kinds in records["obs_kind"])
 
 
 def test_unusable_data_is_refused_before_training(user_run, tmp_path):

@@ -1,6 +1,8 @@
 """LearnTracker on real TRL / transformers trainers."""
 
 import copy
+import dataclasses
+import shutil
 import warnings
 
 import numpy as np
@@ -231,3 +233,36 @@ def test_two_processes_record_what_one_process_records(tmp_path):
     one, two = load_records(tmp_path / "one"), load_records(tmp_path / "two")
     assert {k for kinds in one["obs_kind"] for k in kinds} == {"steps", "epoch", "final"}
     _assert_same_records(one, two, rtol=1e-4, atol=1e-6)
+
+
+def test_train_stages_resumes_every_stage_from_its_last_checkpoint(make_model, word_tokenizer, tmp_path):
+    """`resume_from_checkpoint=True` in the arguments: each stage continues from the last checkpoint
+    in its own folder, and the tracker's records equal those of the uninterrupted run."""
+    from hf_ilp.training import train_stages
+
+    data = make_rows(n_items=8, stages=True)
+    args = sft_args(tmp_path / "run", num_train_epochs=2, per_device_train_batch_size=4, save_strategy="steps",
+                    save_steps=2)
+    reference = LearnTracker(dataset=data)
+    train_stages(make_model(hidden_size=48), word_tokenizer, data, args, callbacks=[reference])
+    # as if stage 1 had stopped after its second step: its first checkpoint is the last one
+    shutil.rmtree(tmp_path / "run" / "stage-1" / "checkpoint-4")
+    resumed = LearnTracker(dataset=data)
+
+    class _Steps(TrainerCallback):
+        def __init__(self):
+            self.steps = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.steps.append(0)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps[-1] += 1
+
+    steps = _Steps()
+    args = dataclasses.replace(args, resume_from_checkpoint="true")
+    trainer = train_stages(make_model(hidden_size=48), word_tokenizer, data, args, callbacks=[resumed, steps])
+    assert steps.steps == [0, 2] and trainer.state.global_step == 4  # stage 0 was done; stage 1 ran steps 3-4
+    _assert_same_records(resumed.records, reference.records)
+    with pytest.raises(ValueError, match="each stage has its own checkpoints"):
+        train_stages(make_model(), word_tokenizer, data, dataclasses.replace(args, resume_from_checkpoint="x"))
