@@ -53,7 +53,7 @@ def train_stages(
     for stage in stages:
         subset = train_dataset.filter(lambda s, k=stage: s == k, input_columns="stage")
         stage_args = dataclasses.replace(args, output_dir=os.path.join(args.output_dir, f"stage-{stage}"))
-        stage_resume = _last_checkpoint(stage_args.output_dir) if resume not in (None, False) else None
+        stage_resume = _last_checkpoint(stage_args.output_dir) if resume else None
         trainer = _train(trainer_cls, model, processing_class, subset, stage_args, callbacks, eval_dataset, peft_config,
                          stage_resume)
         model, peft_config = trainer.model, None
@@ -124,16 +124,15 @@ def parse_recipe_args(parser, default_config=None, argv=None):
     return parser.parse_args_and_config(argv)
 
 
-def load_model_and_tokenizer(model_args, training_args, name_or_path=None):
+def load_model_and_tokenizer(model_args, training_args):
     """The model and tokenizer of a recipe run on a user's model, loaded as TRL's `sft.py` loads
-    them: `model_args` (a `trl.ModelConfig`: revision, dtype, attn_implementation, 4/8-bit
-    quantization) and `training_args.trust_remote_code`. `name_or_path` overrides
-    `model_args.model_name_or_path` (the base model of a diagnosis, say)."""
+    them: `model_args` (a `trl.ModelConfig`: model_name_or_path, revision, dtype,
+    attn_implementation, 4/8-bit quantization) and `training_args.trust_remote_code`."""
     from accelerate import PartialState
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import get_quantization_config
 
-    path = name_or_path or model_args.model_name_or_path
+    path = model_args.model_name_or_path
     trust = bool(getattr(training_args, "trust_remote_code", False))
     kwargs = dict(revision=model_args.model_revision, trust_remote_code=trust, dtype=model_args.dtype,
                   attn_implementation=model_args.attn_implementation)

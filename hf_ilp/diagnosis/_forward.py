@@ -20,14 +20,13 @@ signals need (METHODS 1.1: greedy reproduction under teacher forcing is an argma
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hf_ilp.tracking.learn_check import LOGITS_CHUNK_ELEMENTS, decoder_and_head, position_chunks
+from hf_ilp.tracking.learn_check import LOGITS_CHUNK_ELEMENTS, last_logits_reader, position_chunks
 
 #: Logits per model read at once: a quarter of the learn-check's chunk, since comparing two models
 #: (log-softmax of each, their mixture for the JSD) keeps about eight such arrays alive.
@@ -109,7 +108,7 @@ def _token_reads(model, batch, pad_id, other=None, chunk_elements=CHUNK_ELEMENTS
 
     Rows are left-padded with explicit position ids (so every row sees the positions it has
     alone). Each model's decoder runs once and its LM head reads the completion positions in
-    chunks (`hf_ilp.tracking.learn_check.decoder_and_head`); a model whose head cannot be split is
+    chunks (`hf_ilp.tracking.learn_check.last_logits_reader`); a model whose head cannot be split is
     read from its own logits of the last positions (`logits_to_keep` where accepted)."""
     width = max(len(p) + len(c) for p, c in batch)
     keep = max(len(c) for _, c in batch) + 1
@@ -120,20 +119,21 @@ def _token_reads(model, batch, pad_id, other=None, chunk_elements=CHUNK_ELEMENTS
         input_ids[b, width - len(seq):] = torch.tensor(seq)
         attention[b, width - len(seq):] = 1
     position_ids = (attention.cumsum(1) - 1).clamp(min=0)
-    logits_of = [_logits_reader(m, input_ids, attention, position_ids, keep) for m in (model, other) if m is not None]
+    readers = [last_logits_reader(m, keep, lambda m=m: _reading(m), **_on_device(m, input_ids, attention, position_ids))
+               for m in (model, other) if m is not None]
+    logits_of, vocab = [read for read, _ in readers], readers[0][1]
     device = next(model.parameters()).device
     targets = input_ids[:, width - keep + 1:].to(device)  # the token each of the first keep - 1 window positions predicts
     names = ("gold", "top_p", "top") + (("other_gold", "other_at_top", "jsd") if other is not None else ())
     window = {name: torch.zeros((len(batch), keep - 1), dtype=torch.long if name == "top" else torch.float32,
                                 device=device) for name in names}
-    vocab = model.config.vocab_size
     for sl in position_chunks(len(batch), keep - 1, vocab, chunk_elements):
-        logp = torch.log_softmax(logits_of[0](sl).float(), dim=-1)
+        logp = torch.log_softmax(logits_of[0](sl), dim=-1)
         tgt = targets[:, sl].unsqueeze(-1)
         window["gold"][:, sl] = logp.gather(-1, tgt).squeeze(-1)
         window["top_p"][:, sl], window["top"][:, sl] = logp.max(dim=-1)
         if other is not None:
-            logq = torch.log_softmax(logits_of[1](sl).float(), dim=-1).to(device)
+            logq = torch.log_softmax(logits_of[1](sl), dim=-1).to(device)
             window["other_gold"][:, sl] = logq.gather(-1, tgt).squeeze(-1)
             window["other_at_top"][:, sl] = logq.gather(-1, window["top"][:, sl].unsqueeze(-1)).squeeze(-1)
             window["jsd"][:, sl] = _jsd_bits(logp, logq)
@@ -168,32 +168,9 @@ def _reading(model):
     return model.peft_model.disable_adapter() if isinstance(model, AdaptersDisabled) else contextlib.nullcontext()
 
 
-def _logits_reader(model, input_ids, attention, position_ids, keep):
-    """A function from a slice of the last `keep` positions to the model's logits there."""
+def _on_device(model, input_ids, attention, position_ids):
     device = next(model.parameters()).device
-    kwargs = dict(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                  position_ids=position_ids.to(device))
-    split = decoder_and_head(model)
-    if split is not None:
-        decoder, head = split
-        with _reading(model):
-            hidden = decoder(use_cache=False, **kwargs).last_hidden_state[:, -keep:]
-
-        def read(sl):
-            with _reading(model):
-                return head(hidden[:, sl])
-
-        return read
-    if _accepts(model, "logits_to_keep"):
-        kwargs["logits_to_keep"] = keep
-    with _reading(model):
-        logits = model(**kwargs).logits[:, -keep:]
-    return lambda sl: logits[:, sl]
-
-
-def _accepts(model, name):
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return name in inspect.signature(inner.forward).parameters
+    return dict(input_ids=input_ids.to(device), attention_mask=attention.to(device), position_ids=position_ids.to(device))
 
 
 def _jsd_bits(logp, logq):

@@ -14,6 +14,7 @@ import argparse
 from dataclasses import MISSING, fields
 
 _REQUIRED = ("model", "dataset", "records", "output")
+_ALIASES = {"base": "base_model", "dataset_name": "dataset", "output_dir": "output"}  # the flags' other spellings
 
 
 def _flags(name: str) -> list[str]:
@@ -67,8 +68,7 @@ def _with_config(args):
         raise SystemExit(f"hf-ilp diagnose: --config {args.config} must hold a mapping of flag names to values")
     for key, value in values.items():
         name = key.replace("-", "_")
-        if name in ("base", "dataset_name", "output_dir"):
-            name = {"base": "base_model", "dataset_name": "dataset", "output_dir": "output"}[name]
+        name = _ALIASES.get(name, name)
         if name in ("config", "func", "parser") or not hasattr(args, name):
             raise SystemExit(f"hf-ilp diagnose: --config {args.config}: unknown key {key!r}")
         if getattr(args, name) == args.parser.get_default(name):
@@ -137,19 +137,17 @@ def load_table(path, split="train", config=None):
     given, path = path, Path(path)
     if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
         data = load_from_disk(str(path))
-    elif path.is_dir():  # a folder of data files
-        data = load_dataset(str(path), name=config)
     elif path.is_file():
         kind = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
         if kind is None:
             raise SystemExit(f"hf-ilp diagnose: {path} is not a .json/.jsonl/.parquet/.csv file or a save_to_disk folder")
         data = load_dataset(kind, data_files=str(path), split="train")
-    else:  # a Hub dataset id
+    else:  # a folder of data files, or a Hub dataset id
         try:
             data = load_dataset(str(given), name=config)
         except Exception as err:  # noqa: BLE001 - any failure: say what was looked for
-            raise SystemExit(f"hf-ilp diagnose: {given} is no local file or folder, and loading it as a Hub dataset "
-                             f"failed ({type(err).__name__}: {err})") from err
+            raise SystemExit(f"hf-ilp diagnose: {given} is no save_to_disk folder or data file, and loading it as a "
+                             f"folder of data files or a Hub dataset failed ({type(err).__name__}: {err})") from err
     if isinstance(data, DatasetDict):
         if split not in data:
             raise SystemExit(f"hf-ilp diagnose: {path} has splits {list(data)}; choose one with --split")

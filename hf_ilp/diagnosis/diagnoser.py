@@ -44,10 +44,10 @@ from hf_ilp.diagnosis._forward import AdaptersDisabled, next_token_choice, teach
 from hf_ilp.diagnosis._inputs import check_models, read_samples, tokenize_pairs
 from hf_ilp.diagnosis.config import DiagnoserConfig
 from hf_ilp.diagnosis.data_inconsistency import PromptIndex, data_inconsistency_signal, neighbourhood_density
-from hf_ilp.diagnosis.probing import PromptTemplates, fewshot_sequences, probe_coverage
 from hf_ilp.diagnosis.forgetting import forgetting_signal, has_stages
 from hf_ilp.diagnosis.knowledge_conflict import knowledge_conflict_signal
 from hf_ilp.diagnosis.missing_knowledge import missing_knowledge_signal
+from hf_ilp.diagnosis.probing import PromptTemplates, fewshot_sequences, probe_coverage
 from hf_ilp.diagnosis.report import CAUSES, LEARNED, UNEXPLAINED, DiagnosisReport
 from hf_ilp.diagnosis.under_training import under_training_signal
 

@@ -38,12 +38,7 @@ from collections import Counter
 
 import numpy as np
 
-_WORD = re.compile(r"\w+|[^\w\s]")
-
-
-def prompt_words(prompt: str) -> list[str]:
-    """The words and punctuation marks of a prompt, lower-cased."""
-    return _WORD.findall(prompt.lower())
+_WORD = re.compile(r"\w+|[^\w\s]")  # a word or a punctuation mark
 
 
 def templates(prompts: list[str], frame_share: float):
@@ -81,17 +76,15 @@ class PromptTemplates:
         self.keys, self.rare, self.slots = templates(prompts, frame_share)
         learned = np.asarray(learned, dtype=bool)
         groups = {}
+        self._frames = {}  # one row per template with a single slot: the frames a sample's content is asked in
         for j, key in enumerate(self.keys):
             groups.setdefault(key, []).append(j)
+            if len(self.slots[j]) == 1:
+                self._frames.setdefault(key, j)
         self._by_key = {key: (np.array([j for j in rows if learned[j]], dtype=np.int64),
                               np.array([j for j in rows if not learned[j]], dtype=np.int64))
                         for key, rows in groups.items()}
         self._all = (np.flatnonzero(learned), np.flatnonzero(~learned))
-        # one row per template with a single slot: the frames a sample's content is asked in
-        self._frames = {}
-        for j, key in enumerate(self.keys):
-            if len(self.slots[j]) == 1:
-                self._frames.setdefault(key, j)
 
     def exemplars(self, i: int, k: int, seed: int = 0) -> list[int]:
         """Up to `k` exemplar rows for row `i`: rows of its own template first (learned before the

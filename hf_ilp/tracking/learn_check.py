@@ -21,6 +21,7 @@ sequence the model was trained on):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 from dataclasses import dataclass
@@ -187,6 +188,31 @@ def decoder_and_head(model):
     return decoder, head
 
 
+def last_logits_reader(model, keep: int, reading=contextlib.nullcontext, **inputs):
+    """(read, vocab) for the logits of `model` on `inputs` at its last `keep` positions: `read(sl)`
+    gives those at slice `sl` of that window, in float32. Where the head allows it
+    (`decoder_and_head`), the decoder runs once here and each read applies the LM head to its slice
+    only, so memory holds one chunk of logits; otherwise the model's own logits of the window are
+    computed (`logits_to_keep` where accepted). `reading`: the context the modules run in (adapters
+    off, for a base model read through its PEFT model)."""
+    split = decoder_and_head(model)
+    if split is not None:
+        decoder, head = split
+        with reading():
+            hidden = decoder(use_cache=False, **inputs).last_hidden_state[:, -keep:]
+
+        def read(sl):
+            with reading():
+                return head(hidden[:, sl]).float()
+
+        return read, getattr(getattr(head, "weight", None), "shape", (model.config.vocab_size,))[0]
+    if _accepts(model, "logits_to_keep"):
+        inputs = {**inputs, "logits_to_keep": keep}
+    with reading():
+        logits = model(use_cache=False, **inputs).logits[:, -keep:]
+    return (lambda sl: logits[:, sl].float()), logits.shape[-1]
+
+
 def position_chunks(batch: int, positions: int, vocab: int, budget: int = LOGITS_CHUNK_ELEMENTS) -> list[slice]:
     """Slices of `positions` such that `batch` x slice x `vocab` logits stay within `budget`."""
     step = max(1, budget // max(batch * vocab, 1))
@@ -200,10 +226,9 @@ def score_rows(
 ) -> dict[str, np.ndarray]:
     """Teacher-forced scores of `rows[indices]` (each with at least one target) in batched forward passes.
 
-    Rows are sorted by length and left-padded. Where the head allows it (`decoder_and_head`), the
-    decoder runs once and the LM head scores the completion positions in chunks of at most
-    `chunk_elements` logits, so memory holds one chunk of `[batch, positions, vocab]`, never the
-    whole completion's; otherwise only the last positions' logits are computed (`logits_to_keep`).
+    Rows are sorted by length and left-padded. The completion positions are scored in chunks of at
+    most `chunk_elements` logits (`last_logits_reader`), so memory holds one chunk of
+    `[batch, positions, vocab]`, never the whole completion's, where the model's head allows it.
     """
     indices = np.asarray(indices, dtype=np.int64)
     n = len(indices)
@@ -218,8 +243,6 @@ def score_rows(
         out["pass_at_n"] = np.zeros(0)
         return out
     device = next(model.parameters()).device
-    keep_logits = _accepts(model, "logits_to_keep")
-    chunked = decoder_and_head(model)
     lengths = np.array([len(rows.ids[i]) for i in indices])
     order = np.argsort(-lengths, kind="stable")
     was_training = model.training
@@ -247,26 +270,12 @@ def score_rows(
                 kwargs = {"attention_mask": attn.to(device), "position_ids": (attn.cumsum(-1) - 1).clamp(min=0).to(device)}
             target_ids = ids[:, width - keep + 1 :].to(device)
             mask = tmask[:, width - keep + 1 :].to(device)
-            if chunked is not None:  # the decoder once, the head chunk by chunk
-                decoder, head = chunked
-                hidden = decoder(input_ids=ids.to(device), use_cache=False, **kwargs).last_hidden_state[:, -keep:-1]
-                vocab = getattr(getattr(head, "weight", None), "shape", (model.config.vocab_size,))[0]
-
-                def logits_of(sl, hidden=hidden, head=head):
-                    return head(hidden[:, sl]).float()
-            else:
-                if keep_logits:
-                    kwargs["logits_to_keep"] = keep
-                full = model(input_ids=ids.to(device), use_cache=False, **kwargs).logits[:, -keep:-1]
-                vocab = full.shape[-1]
-
-                def logits_of(sl, full=full):
-                    return full[:, sl].float()
+            logits_of, vocab = last_logits_reader(model, keep, input_ids=ids.to(device), **kwargs)
             lp_sum = torch.zeros(len(batch), dtype=torch.float64, device=device)
             lpt_sum = torch.zeros(len(batch), dtype=torch.float64, device=device)
             correct = torch.zeros(len(batch), dtype=torch.long, device=device)
             exact = torch.ones(len(batch), dtype=torch.bool, device=device)
-            for sl in position_chunks(len(batch), keep - 1, vocab, chunk_elements):
+            for sl in position_chunks(len(batch), keep - 1, vocab, chunk_elements):  # the last position predicts nothing
                 logits, tgt, m = logits_of(sl), target_ids[:, sl], mask[:, sl]
                 lp = torch.log_softmax(logits, dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1).masked_fill(~m, 0.0)
                 lp_sum += lp.double().sum(-1)
