@@ -224,12 +224,11 @@ def test_two_processes_record_what_one_process_records(tmp_path):
     from pathlib import Path
 
     script = str(Path(__file__).with_name("two_process_run.py"))
-    subprocess.run([sys.executable, script, str(tmp_path / "one"), "16"], check=True, capture_output=True)
-    subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", script,
-         str(tmp_path / "two"), "8"],
-        check=True, capture_output=True,
-    )
+    for cmd in ([sys.executable, script, str(tmp_path / "one"), "16"],
+                [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", script,
+                 str(tmp_path / "two"), "8"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = load_records(tmp_path / "one"), load_records(tmp_path / "two")
     assert {k for kinds in one["obs_kind"] for k in kinds} == {"steps", "epoch", "final"}
     _assert_same_records(one, two, rtol=1e-4, atol=1e-6)
