@@ -26,3 +26,5 @@ if __name__ == "__main__":
     args = sft_args(out, num_train_epochs=3, per_device_train_batch_size=per_device, save_strategy="steps", save_steps=4, use_cpu=True)
     tracker = LearnTracker(config=LearnTrackerConfig(every_n_steps=2, batch_size=7))
     SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer, callbacks=[tracker]).train()
+    if torch.distributed.is_initialized():  # close gloo before the interpreter exits, not during its teardown
+        torch.distributed.destroy_process_group()
