@@ -14,7 +14,6 @@ earlier stages are observed after later ones. See `hf_ilp.tracking.records` for 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import sys
 import warnings
@@ -29,7 +28,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 
 from hf_ilp.tracking.learn_check import _Rows, column_lists, pass_at_n, row_hash, score_rows, tokenize_rows
-from hf_ilp.tracking.records import RECORDS_DIRNAME, SCHEMA_VERSION, build_records, save_records
+from hf_ilp.tracking.records import RECORDS_DIRNAME, SCHEMA_VERSION, build_records, load_tracker_state, save_records
 
 @dataclass
 class LearnTrackerConfig:
@@ -497,10 +496,8 @@ class LearnTracker(TrainerCallback):
             "counter": self._counter,
             "step_offset": self._step_offset,
             "run": self._run,
-            "pending": {str(i): list(e) for i, e in pending.items()},
-            "events": [
-                {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ev.items()} for ev in self._events
-            ],
+            "pending": pending,
+            "events": self._events,
         }
 
     def _write(self, args, state, path, pending=None):
@@ -528,11 +525,9 @@ class LearnTracker(TrainerCallback):
             candidates.append(Path(args.resume_from_checkpoint))
         candidates.append(Path(args.output_dir) / f"checkpoint-{state.global_step}")
         for folder in candidates:
-            file = folder / RECORDS_DIRNAME / "tracker_state.json"
-            if file.is_file():
-                saved = json.loads(file.read_text())
-                if saved.get("global_step") == state.global_step:
-                    break
+            saved = load_tracker_state(folder / RECORDS_DIRNAME)
+            if saved is not None and saved.get("global_step") == state.global_step:
+                break
         else:
             warnings.warn(
                 f"LearnTracker: resuming at step {state.global_step} but no tracker state was saved with the checkpoint "
@@ -549,16 +544,13 @@ class LearnTracker(TrainerCallback):
         self._counter = saved["counter"]
         self._step_offset = saved["step_offset"]
         self._run = saved["run"]
-        self._pending = {int(i): tuple(e) for i, e in saved["pending"].items()}
-        self._events = []
+        self._pending = saved["pending"]
+        self._events = saved["events"]
         self._observed[:] = self._learned_last[:] = self._learned_ever[:] = False
-        for ev in saved["events"]:
-            arrays = {k: np.asarray(ev[k]) for k in ("idx", "nll", "token_acc", "exact", "p_gold", "pass_at_n")}
-            arrays["exact"] = arrays["exact"].astype(bool)
-            self._events.append({**ev, **arrays})
-            self._observed[arrays["idx"]] = True
-            self._learned_last[arrays["idx"]] = arrays["exact"]
-            self._learned_ever[arrays["idx"]] |= arrays["exact"]
+        for ev in self._events:
+            self._observed[ev["idx"]] = True
+            self._learned_last[ev["idx"]] = ev["exact"]
+            self._learned_ever[ev["idx"]] |= ev["exact"]
 
 
 def _versions() -> dict:
