@@ -27,7 +27,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 
-from hf_ilp.tracking.learn_check import _Rows, column_lists, pass_at_n, row_hash, score_rows, tokenize_rows
+from hf_ilp.tracking.learn_check import _Rows, column_lists, pass_at_n, position_chunks, row_hash, score_rows, tokenize_rows
 from hf_ilp.tracking.records import RECORDS_DIRNAME, SCHEMA_VERSION, build_records, load_tracker_state, save_records
 
 @dataclass
@@ -332,11 +332,16 @@ class LearnTracker(TrainerCallback):
             lp = output.log_probs.detach()[tmask].double()
             top1 = output.is_top1.detach()[tmask].bool()
             covered = output.label_mask.detach()[tmask].bool()
-        else:
-            logits = output.logits.detach()[:, :-1][tmask].float()
+        else:  # the model's logits, read a chunk of scored positions at a time (no float32 copy of them all)
+            logits = output.logits.detach()
+            rows, cols = tmask.nonzero(as_tuple=True)
             gold = input_ids[:, 1:][tmask]
-            lp = torch.log_softmax(logits, -1).gather(-1, gold[:, None]).squeeze(-1).double()
-            top1 = logits.argmax(-1) == gold
+            lp = torch.empty(len(gold), dtype=torch.float64, device=tmask.device)
+            top1 = torch.empty(len(gold), dtype=torch.bool, device=tmask.device)
+            for sl in position_chunks(1, len(gold), logits.shape[-1]):
+                chunk = logits[rows[sl], cols[sl]].float()
+                lp[sl] = torch.log_softmax(chunk, -1).gather(-1, gold[sl, None]).squeeze(-1).double()
+                top1[sl] = chunk.argmax(-1) == gold[sl]
             covered = (kwargs["labels"][:, 1:] != -100)[tmask]
         zeros = torch.zeros(n_batch, dtype=torch.float64, device=tmask.device)
         return torch.stack(
