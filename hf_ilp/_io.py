@@ -24,6 +24,12 @@ def atomic_dir(path, overwrite: bool = True):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    move_into_place(tmp, path)
+
+
+def move_into_place(tmp, path) -> None:
+    """Replace `path` by the complete folder `tmp` (same parent folder), keeping the old one until then."""
+    tmp, path = Path(tmp), Path(path)
     old = None
     if path.exists():
         old = path.parent / f".{path.name}.old-{os.getpid()}"

@@ -12,8 +12,12 @@ sequential with shuffled training.
 
 import dataclasses
 import os
+import shutil
+from pathlib import Path
 
 from trl import SFTTrainer
+
+from hf_ilp._io import move_into_place
 
 
 def train_stages(
@@ -79,6 +83,29 @@ def _train(trainer_cls, model, processing_class, train_dataset, args, callbacks,
     )
     trainer.train(resume_from_checkpoint=resume or None)
     return trainer
+
+
+def save_final_model(trainer, processing_class, folder, extra=None) -> Path:
+    """`trainer.save_model` and the tokenizer into `folder`, which appears only once complete.
+
+    Every process must call it: under FSDP and DeepSpeed ZeRO-3 the weights are gathered
+    collectively, then the main process writes them. `extra(tmp_folder)` may add files (main
+    process only) before the folder is moved into place.
+    """
+    folder = Path(folder)
+    tmp = folder.parent / f".{folder.name}.saving"
+    accelerator = trainer.accelerator
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    if accelerator.is_main_process:
+        processing_class.save_pretrained(str(tmp))
+        if extra is not None:
+            extra(tmp)
+        move_into_place(tmp, folder)
+    accelerator.wait_for_everyone()
+    return folder
 
 
 def no_activation_checkpointing() -> dict:

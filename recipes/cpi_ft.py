@@ -26,7 +26,7 @@ from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments, TrlParser
 
-from hf_ilp.training import load_model_and_tokenizer, parse_recipe_args, recipe_config
+from hf_ilp.training import load_model_and_tokenizer, parse_recipe_args, recipe_config, save_final_model
 from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.fusion import CPIFTConfig, run_cpi_ft
 
@@ -125,10 +125,8 @@ def main(script_args: CPIFTScriptArguments, training_args: CPIFTConfig, model_ar
         summary["accuracy"] = world.evaluate(trainer.model)
         acc = summary["accuracy"]
         summary["average"], summary["worst"] = sum(acc.values()) / len(acc), min(acc.values())
+    save_final_model(trainer, tokenizer, out / "final_model")
     if trainer.is_world_process_zero():
-        with atomic_dir(out / "final_model") as tmp:
-            trainer.save_model(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
         write_json_atomic(out / "cpi_ft_summary.json", summary)
         if "accuracy" in summary:
             _log(f"per-task exact match {summary['accuracy']}: average {summary['average']:.3f}, worst {summary['worst']:.3f}")

@@ -27,13 +27,14 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate import PartialState
 from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser, get_peft_config
 
-from hf_ilp._io import atomic_dir, write_json_atomic
-from hf_ilp.diagnosis import DiagnoserConfig, diagnose
+from hf_ilp._io import write_json_atomic
+from hf_ilp.diagnosis import DiagnoserConfig, across_processes, diagnose
 from hf_ilp.diagnosis.display import print_summary
 from hf_ilp.hub import publish_run, take_hub_settings
-from hf_ilp.training import (load_model_and_tokenizer, parse_recipe_args, prefixed_arguments, recipe_config,
+from hf_ilp.training import (load_model_and_tokenizer, parse_recipe_args, prefixed_arguments, recipe_config, save_final_model,
                              train_stages)
 from hf_ilp.tracking import LearnTracker, LearnTrackerConfig
 from hf_ilp.world.evaluate import unlearned_by_cause
@@ -64,7 +65,8 @@ DiagnosisArguments = prefixed_arguments(DiagnoserConfig, "diagnosis_", "Diagnosi
 
 
 def _say(message: str) -> None:
-    print(f"[diagnose_sft] {message}", flush=True)
+    if PartialState().is_main_process:  # one line per run, not per process
+        print(f"[diagnose_sft] {message}", flush=True)
 
 
 def load_data(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_args: ModelConfig):
@@ -119,37 +121,37 @@ def main(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_a
     )
     out = Path(training_args.output_dir)
     summary = {"output_dir": str(out), "n_train": len(train), "records": str(records_dir)}
-    report = None
     # the tracker's final observation is hf_ilp.check_learned on the final weights
     flags = tracker.records["final_exact"]
     summary["n_unlearned"] = len(flags) - sum(flags)
     if world is not None:  # ILP-World only: its ground truth is shown because it is the demo
         summary["unlearned_by_planted_cause"] = unlearned_by_cause(train, flags)
-    if trainer.is_world_process_zero():  # the diagnosis: one cause per unlearned sample
-        if hasattr(trainer.model, "disable_adapter"):  # LoRA: the base is the model with its adapters off
-            base = None
-        elif model_args.model_name_or_path is not None:  # the model the run started from
-            base = load_model_and_tokenizer(model_args, training_args)[0].to(trainer.model.device)
-        else:
-            from transformers import AutoModelForCausalLM
+    # the diagnosis, one cause per unlearned sample: every process runs it, its forwards split between them
+    if hasattr(trainer.model, "disable_adapter"):  # LoRA: the base is the model with its adapters off
+        base = None
+    elif model_args.model_name_or_path is not None:  # the model the run started from
+        base = load_model_and_tokenizer(model_args, training_args)[0].to(trainer.model.device)
+    else:
+        from transformers import AutoModelForCausalLM
 
-            base = AutoModelForCausalLM.from_pretrained(world.base_model_path, dtype=model_args.dtype).to(trainer.model.device)
-        _say("diagnosing the unlearned samples (hf_ilp.diagnose)")
+        base = AutoModelForCausalLM.from_pretrained(world.base_model_path, dtype=model_args.dtype).to(trainer.model.device)
+    _say("diagnosing the unlearned samples (hf_ilp.diagnose)")
+    with across_processes():
         report = diagnose(trainer.model, base, tokenizer, train, tracker.records,
                           probes=world.probes if world is not None else None, config=diagnoser_config)
-        summary["diagnosis"] = str(report.save(out / "diagnosis"))
-        print_summary(report)
+    summary["diagnosis"] = str(out / "diagnosis")
     if trainer.is_world_process_zero():
-        with atomic_dir(out / "final_model") as tmp:
-            trainer.save_model(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
+        report.save(out / "diagnosis")
+        print_summary(report)
+    save_final_model(trainer, tokenizer, out / "final_model")
+    if trainer.is_world_process_zero():
         write_json_atomic(out / "diagnose_summary.json", summary)
         _print_summary(summary)
-        if report is not None:  # model card with the diagnosis in final_model/; pushed with --push_to_hub
-            trained_on = script_args.dataset_name or f"ilp-world-{script_args.world_size}-seed{script_args.world_seed}"
-            pushed = publish_run(trainer, report, hub, trained_on=trained_on, train_dataset=train, folder=out / "final_model")
-            if pushed is not None:
-                _say(f"pushed model {pushed.model_repo_id} and diagnosis dataset {pushed.dataset_repo_id}")
+        # model card with the diagnosis in final_model/; pushed with --push_to_hub
+        trained_on = script_args.dataset_name or f"ilp-world-{script_args.world_size}-seed{script_args.world_seed}"
+        pushed = publish_run(trainer, report, hub, trained_on=trained_on, train_dataset=train, folder=out / "final_model")
+        if pushed is not None:
+            _say(f"pushed model {pushed.model_repo_id} and diagnosis dataset {pushed.dataset_repo_id}")
     if script_args.intervene:  # causal tests: fix each diagnosed cause, re-run, re-diagnose
         summary["interventions"] = _intervene(script_args, training_args, model_args, trainer, tracker, tokenizer, train,
                                               world)
@@ -160,8 +162,6 @@ def main(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_a
 
 def _intervene(script_args, training_args, model_args, trainer, tracker, tokenizer, train, world) -> dict:
     """Run `hf_ilp.interventions` for the requested causes and print the diagnosis before and after."""
-    from accelerate import PartialState
-
     from hf_ilp.diagnosis.report import DiagnosisReport
     from hf_ilp.interventions import BM25KnowledgeSource, format_before_after, intervene_and_rediagnose
     from hf_ilp.interventions.knowledge import world_knowledge_source

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
-from hf_ilp.training import load_model_and_tokenizer, parse_recipe_args, recipe_config
-from hf_ilp._io import atomic_dir, write_json_atomic
+from hf_ilp.training import load_model_and_tokenizer, parse_recipe_args, recipe_config, save_final_model
+from hf_ilp._io import write_json_atomic
 from hf_ilp.isolation import EvolvingIsolationCallback, IsolationConfig
 
 
@@ -80,12 +80,8 @@ def main(script_args: EPIScriptArguments, training_args: EPISFTConfig, model_arg
     if world is not None:
         summary["accuracy"] = world.evaluate(trainer.model)
         summary["average"] = sum(summary["accuracy"].values()) / len(summary["accuracy"])
+    save_final_model(trainer, tokenizer, out / "final_model", extra=callbacks[0].save if callbacks else None)
     if trainer.is_world_process_zero():
-        with atomic_dir(out / "final_model") as tmp:
-            trainer.save_model(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-            if callbacks:
-                callbacks[0].save(tmp)
         write_json_atomic(out / "epi_summary.json", summary)
         acc = ", ".join(f"{t} {a:.2f}" for t, a in summary.get("accuracy", {}).items())
         print(f"[epi_sft] done ({training_args.isolation}): train loss {result.training_loss:.4f}"

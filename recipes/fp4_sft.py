@@ -20,8 +20,8 @@ from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
-from hf_ilp.training import load_model_and_tokenizer, parse_recipe_args, recipe_config
-from hf_ilp._io import atomic_dir, write_json_atomic
+from hf_ilp.training import load_model_and_tokenizer, parse_recipe_args, recipe_config, save_final_model
+from hf_ilp._io import write_json_atomic
 from hf_ilp.fp4 import FP4Linear, HalfSConfig, HalfSFP4TrainerMixin, backends
 
 
@@ -84,10 +84,8 @@ def main(script_args: FP4ScriptArguments, training_args: SFTConfig, model_args: 
         "train_loss": result.training_loss, "global_step": result.global_step,
         "final_logged_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
     }
+    save_final_model(trainer, tokenizer, out / "final_model")
     if trainer.is_world_process_zero():
-        with atomic_dir(out / "final_model") as tmp:
-            trainer.save_model(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
         write_json_atomic(out / "fp4_summary.json", summary)
         print(f"[fp4_sft] done: mean train loss {summary['train_loss']:.4f}, last logged loss "
               f"{summary['final_logged_loss']}, {n_fp4} FP4 linears ({script_args.fp4}); "

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,9 +47,11 @@ def user_run(tmp_path_factory):
     return root / "model", root / "data", tokenizer
 
 
-def _run(recipe, model, data, out, *flags):
+def _run(recipe, model, data, out, *flags, processes=1):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", str(ROOT / "recipes" / f"{recipe}.py"),
+    # two processes on the CPU: --multi_gpu starts two gloo processes (--cpu would silently start one)
+    launch = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--num_processes", "1"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, str(ROOT / "recipes" / f"{recipe}.py"),
            "--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(out),
            "--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--learning_rate", "1e-3",
            "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", *flags]
@@ -99,6 +102,33 @@ def test_recipe_runs_on_a_users_model_with_trl_defaults(recipe, flags, user_run,
         if "--diagnosis_encoder" in flags:  # LearnTrackerConfig and DiagnoserConfig fields reached as flags
             assert diagnosis["settings"]["encoder"] is None and diagnosis["settings"]["encoder_batch_size"] == 64
             assert any("steps" in kinds for kinds in records["obs_kind"])
+
+
+@pytest.mark.slow
+def test_two_processes_finish_and_split_the_diagnosis(user_run, tmp_path):
+    """DDP with two gloo processes: every process saves the model (as FSDP / ZeRO-3 need), the
+    end-of-run check and the diagnosis are split between them, and the diagnosis written equals
+    the one a single process computes from the saved model and records."""
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM
+
+    from hf_ilp import load_records
+    from hf_ilp.diagnosis import DiagnoserConfig, DiagnosisReport, diagnose
+
+    model, data, tokenizer = user_run
+    out = tmp_path / "run"
+    proc = _run("diagnose_sft", model, data, out, "--diagnosis_encoder", "lexical", "--per_device_train_batch_size", "2",
+                "--diagnosis_batch_size", "3", "--tracker_batch_size", "3",
+                processes=2)
+    assert proc.stdout.count("[diagnose_sft] diagnosing the unlearned samples") == 1  # printed by the main process only
+    records = load_records(out / "hf_ilp_records")
+    assert all(kinds.count("final") == 1 for kinds in records["obs_kind"])  # each row checked once, none lost
+    written = DiagnosisReport.load(out / "diagnosis").samples
+    torch.set_num_threads(1)
+    alone = diagnose(AutoModelForCausalLM.from_pretrained(out / "final_model"), AutoModelForCausalLM.from_pretrained(model),
+                     tokenizer, load_dataset(str(data), split="train"), records, config=DiagnoserConfig(encoder="lexical", batch_size=3))
+    assert written["id"] == alone.samples["id"] and written["cause"] == alone.samples["cause"]
+    np.testing.assert_allclose(written["confidence"], alone.samples["confidence"], rtol=1e-4, atol=1e-6)
 
 
 def test_unusable_data_is_refused_before_training(user_run, tmp_path):

@@ -13,6 +13,7 @@ _EXPORTS = {
     "Diagnoser": "hf_ilp.diagnosis.diagnoser",
     "PRECEDENCE": "hf_ilp.diagnosis.diagnoser",
     "diagnose": "hf_ilp.diagnosis.diagnoser",
+    "across_processes": "hf_ilp.diagnosis._forward",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

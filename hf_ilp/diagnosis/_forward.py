@@ -20,6 +20,7 @@ signals need (METHODS 1.1: greedy reproduction under teacher forcing is an argma
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 
 import numpy as np
@@ -27,6 +28,47 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_ilp.tracking.learn_check import LOGITS_CHUNK_ELEMENTS, last_logits_reader, position_chunks
+
+_ACROSS_PROCESSES = contextvars.ContextVar("hf_ilp_across_processes", default=False)
+
+
+@contextlib.contextmanager
+def across_processes():
+    """Inside this block the forwards split their batches evenly over the processes of a distributed
+    run (`accelerate launch`, `torchrun`) and every process gets the gathered results. Every process
+    must then run the same calls (as the diagnosis does: its inputs are the same on every process);
+    outside a distributed run this changes nothing."""
+    token = _ACROSS_PROCESSES.set(True)
+    try:
+        yield
+    finally:
+        _ACROSS_PROCESSES.reset(token)
+
+
+def _my_batches(batches: list) -> tuple[list, bool]:
+    """(this process's share of `batches`, whether results must be gathered): equal counts per
+    process (the last batch repeated where needed), since FSDP / ZeRO-3 forwards are collective."""
+    if not _ACROSS_PROCESSES.get() or not batches:
+        return batches, False
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes == 1:
+        return batches, False
+    with state.split_between_processes(batches, apply_padding=True) as mine:
+        return list(mine), True
+
+
+def _gathered(out: dict, done: list[int]) -> dict:
+    """`out` with the rows `done` by every process filled in (`_my_batches`'s split)."""
+    from accelerate.utils import gather_object
+
+    idx = np.asarray(done, dtype=np.int64)
+    for part_idx, part in gather_object([(idx, {k: v[idx] for k, v in out.items()})]):
+        for k, v in part.items():
+            out[k][part_idx] = v
+    return out
+
 
 #: Logits per model read at once: a quarter of the learn-check's chunk, since comparing two models
 #: (log-softmax of each, their mixture for the JSD) keeps about eight such arrays alive.
@@ -51,9 +93,9 @@ def teacher_forced_stats(model, sequences, batch_size=16, pad_id=0, other=None, 
     for m in models:
         m.eval()
     order = sorted(range(n), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
+    batches, split = _my_batches([order[start:start + batch_size] for start in range(0, n, batch_size)])
     try:
-        for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
-            idx = order[start:start + batch_size]
+        for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
             batch = [sequences[i] for i in idx]
             reads = _token_reads(model, batch, pad_id, other, chunk_elements)
             offset = 0
@@ -79,7 +121,7 @@ def teacher_forced_stats(model, sequences, batch_size=16, pad_id=0, other=None, 
     finally:
         for m, flag in zip(models, was_training):
             m.train(flag)
-    return out
+    return _gathered(out, [i for idx in batches for i in idx]) if split else out
 
 
 @torch.no_grad()
@@ -90,13 +132,16 @@ def next_token_choice(model, prompts, batch_size=16, pad_id=0):
     model.eval()
     try:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        for start in range(0, len(prompts), batch_size):
-            idx = order[start:start + batch_size]
+        batches, split = _my_batches([order[start:start + batch_size] for start in range(0, len(prompts), batch_size)])
+        for idx in batches:
             # a one-token placeholder completion: its position reads the distribution after the prompt
             reads = _token_reads(model, [(prompts[i], [pad_id]) for i in idx], pad_id)
             ids[idx], probs[idx] = reads["top"].cpu().numpy(), reads["top_p"].exp().cpu().numpy()
     finally:
         model.train(was_training)
+    if split:
+        done = _gathered({"ids": ids, "probs": probs}, [i for idx in batches for i in idx])
+        ids, probs = done["ids"], done["probs"]
     return ids, probs
 
 

@@ -405,6 +405,8 @@ class LearnTracker(TrainerCallback):
     def _observe_all(self, kind, args, state, model):
         valid = np.flatnonzero(self.rows.n_targets() > 0)
         mine = valid[args.process_index :: args.world_size]
+        if len(valid) and len(mine) < -(-len(valid) // args.world_size):  # equal counts: FSDP / ZeRO-3 forwards are collective
+            mine = np.append(mine, valid[-1])
         scores = score_rows(
             model,
             self.rows,
@@ -417,9 +419,9 @@ class LearnTracker(TrainerCallback):
         )
         parts = _all_gather((mine, scores), args)
         idx = np.concatenate([p[0] for p in parts])
-        order = np.argsort(idx)
-        cols = {k: np.concatenate([p[1][k] for p in parts])[order] for k in ("nll", "token_acc", "exact", "p_gold", "pass_at_n")}
-        self._append(kind, state, idx[order], **cols)
+        idx, first = np.unique(idx, return_index=True)  # sorted, each row once
+        cols = {k: np.concatenate([p[1][k] for p in parts])[first] for k in ("nll", "token_acc", "exact", "p_gold", "pass_at_n")}
+        self._append(kind, state, idx, **cols)
 
     def _append(self, kind, state, idx, **values):
         self._events.append(
