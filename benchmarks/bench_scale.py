@@ -15,8 +15,9 @@ The last line compares with the targets: tracked / plain epoch peak <= 1.1x, che
 beyond the model <= 1 GiB at batch 8, tracker overhead <= 1.05x per step and <= 1.15x per epoch,
 learn-check >= 10x faster than generate, diagnosis <= one training epoch.
 
-Peak memory: `torch.cuda.max_memory_allocated` on a GPU; on the CPU the process's resident size,
-sampled every 2 ms by a thread (so a peak shorter than that can be missed).
+Peak memory: `torch.cuda.max_memory_allocated` on a GPU; on the CPU the process's resident size
+(after `malloc_trim`, so that freed memory does not count at the start), sampled every 2 ms by a
+thread (a peak shorter than that can be missed).
 
     python benchmarks/bench_scale.py --device cuda                      # the whole model, bf16
     python benchmarks/bench_scale.py --layers 1 --rows 8 --train_batch 2 --generate_rows 1   # 2-core CPU
@@ -24,6 +25,9 @@ sampled every 2 ms by a thread (so a peak shorter than that can be missed).
 
 import argparse
 import copy
+import ctypes
+import ctypes.util
+import gc
 import statistics
 import sys
 import tempfile
@@ -52,6 +56,7 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}assistant : {% endif %}"
 )
 GIB = 2**30
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
 
 
 class Peak:
@@ -66,6 +71,8 @@ class Peak:
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
         else:
+            gc.collect()
+            _LIBC.malloc_trim(0)  # hand freed heap back to the OS, so that the resident size is what is alive
             proc = psutil.Process()
             self.start = self.top = proc.memory_info().rss
             self.stop = threading.Event()

@@ -413,7 +413,8 @@ def _align_records(records, ids):
     if missing_cols:
         raise ValueError(f"records lack columns {missing_cols}; pass the LearnTracker records of this run "
                          "(hf_ilp.load_records(output_dir / 'hf_ilp_records'))")
-    by_id = {str(row["id"]): row for row in records}
+    rows = records.to_list() if hasattr(records, "to_list") else records  # a Dataset: converted at once, not row by row
+    by_id = {str(row["id"]): row for row in rows}
     absent = [i for i in ids if i not in by_id]
     if absent:
         raise ValueError(
