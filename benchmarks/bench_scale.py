@@ -57,6 +57,10 @@ CHAT_TEMPLATE = (
 )
 GIB = 2**30
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
+# Every allocation from 64 KiB up gets its own mapping, handed back to the OS when freed: without a fixed
+# threshold glibc raises it after large frees and serves later tensors from heap that training left
+# resident, so the resident size (what the CPU peak reads) no longer follows what is alive.
+_LIBC.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
 
 
 class Peak:

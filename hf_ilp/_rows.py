@@ -10,8 +10,11 @@ def split_messages(messages, where: str = "a `messages` row"):
     return messages[:-1], messages[-1:]
 
 
-def as_text(value) -> str:
-    """Plain text of a prompt or completion: a string as it is, conversational turns' contents joined by newlines."""
+def as_text(value, roles: bool = False) -> str:
+    """Plain text of a prompt or completion: a string as it is, conversational turns' contents joined by
+    newlines (each after its `role: ` with `roles=True`, the conversation as a reader sees it)."""
     if isinstance(value, str):
         return value
+    if roles:
+        return "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in value)
     return "\n".join(str(m.get("content", "")) for m in value)

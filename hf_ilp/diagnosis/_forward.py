@@ -11,10 +11,12 @@ signals need (METHODS 1.1: greedy reproduction under teacher forcing is an argma
   probability of that greedy token (0 when greedy reproduces the target): how firmly the model
   prefers another answer;
 - `alt_token`: that greedy token's id (NaN when greedy reproduces the target);
+- `diverges_at`: that position, counted in completion tokens (NaN when greedy reproduces the target);
 - with a second model: `jsd`, the mean Jensen-Shannon divergence (bits) between the two
   next-token distributions over the completion, and `follows_alt`: whether, at the first
   model's divergence point, the second model still gives the first model's alternative more
-  probability than the target token (0 when the first model reproduces the target).
+  probability than the target token (0 when the first model reproduces the target), and
+  `other_diverges_at`: where the second model's own greedy token first leaves the target.
 """
 
 from __future__ import annotations
@@ -83,9 +85,9 @@ def teacher_forced_stats(model, sequences, batch_size=16, pad_id=0, other=None, 
     Memory holds one chunk of at most `chunk_elements` logits per model (`_token_reads`), never a
     whole batch's completion x vocabulary."""
     n = len(sequences)
-    out = {k: np.full(n, np.nan) for k in ("gm_p", "p_seq", "exact", "min_p", "alt_prob", "alt_token")}
+    out = {k: np.full(n, np.nan) for k in ("gm_p", "p_seq", "exact", "min_p", "alt_prob", "alt_token", "diverges_at")}
     if other is not None:
-        out.update({k: np.full(n, np.nan) for k in ("jsd", "other_gm_p", "follows_alt")})
+        out.update({k: np.full(n, np.nan) for k in ("jsd", "other_gm_p", "follows_alt", "other_diverges_at")})
     if n == 0:
         return out
     models = [m for m in (model, other) if m is not None]
@@ -114,7 +116,11 @@ def teacher_forced_stats(model, sequences, batch_size=16, pad_id=0, other=None, 
                 out["alt_prob"][i] = math.exp(r["top_p"][div].item()) if div is not None else 0.0
                 if div is not None:
                     out["alt_token"][i] = int(r["top"][div])
+                    out["diverges_at"][i] = div
                 if other is not None:
+                    other_wrong = (r["other_top"] != target).nonzero()
+                    if len(other_wrong):
+                        out["other_diverges_at"][i] = int(other_wrong[0, 0])
                     out["jsd"][i] = r["jsd"].mean().item()
                     out["other_gm_p"][i] = math.exp(r["other_gold"].mean().item())
                     out["follows_alt"][i] = float(div is not None and bool(r["other_at_top"][div] > r["other_gold"][div]))
@@ -145,11 +151,53 @@ def next_token_choice(model, prompts, batch_size=16, pad_id=0):
     return ids, probs
 
 
+@torch.no_grad()
+def greedy_continuations(model, prefixes, max_new_tokens, batch_size=16, pad_id=0, eos_id=None) -> list[list[int]]:
+    """What `model` says after each prefix (token ids): its greedy continuation, at most `max_new_tokens`
+    tokens, ending at its first EOS (kept, so a reader sees where it stops). Batches are left-padded
+    like the teacher-forced reads and split over processes inside `across_processes()`."""
+    n = len(prefixes)
+    out = np.empty(n, dtype=object)
+    for i in range(n):
+        out[i] = []
+    if n == 0 or max_new_tokens <= 0:
+        return [list(x) for x in out]
+    target = model.peft_model if isinstance(model, AdaptersDisabled) else model
+    was_training = target.training
+    target.eval()
+    order = sorted(range(n), key=lambda i: len(prefixes[i]))
+    batches, split = _my_batches([order[start:start + batch_size] for start in range(0, n, batch_size)])
+    try:
+        for idx in batches:
+            width = max(len(prefixes[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(idx), width), dtype=torch.long)
+            for b, i in enumerate(idx):
+                input_ids[b, width - len(prefixes[i]):] = torch.tensor(prefixes[i])
+                attention[b, width - len(prefixes[i]):] = 1
+            device = next(target.parameters()).device
+            with _reading(model):
+                generated = target.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention.to(device), max_new_tokens=max_new_tokens,
+                    do_sample=False, num_beams=1, pad_token_id=pad_id, eos_token_id=eos_id,
+                )
+            for b, i in enumerate(idx):
+                tokens = generated[b, width:].tolist()
+                if eos_id is not None and eos_id in tokens:
+                    tokens = tokens[:tokens.index(eos_id) + 1]
+                out[i] = tokens
+    finally:
+        target.train(was_training)
+    if split:
+        out = _gathered({"tokens": out}, [i for idx in batches for i in idx])["tokens"]
+    return [list(x) for x in out]
+
+
 def _token_reads(model, batch, pad_id, other=None, chunk_elements=CHUNK_ELEMENTS):
     """Per completion token of `batch`, concatenated row after row (float32 log-probabilities):
     `gold` (of the target), `top_p` / `top` (the greedy token and its log-probability) and, with
-    `other`, `other_gold`, `other_at_top` (its log-probability of `model`'s greedy token) and `jsd`
-    (bits, between the two next-token distributions).
+    `other`, `other_gold`, `other_at_top` (its log-probability of `model`'s greedy token),
+    `other_top` (its own greedy token) and `jsd` (bits, between the two next-token distributions).
 
     Rows are left-padded with explicit position ids (so every row sees the positions it has
     alone). Each model's decoder runs once and its LM head reads the completion positions in
@@ -169,8 +217,8 @@ def _token_reads(model, batch, pad_id, other=None, chunk_elements=CHUNK_ELEMENTS
     logits_of, vocab = [read for read, _ in readers], readers[0][1]
     device = next(model.parameters()).device
     targets = input_ids[:, width - keep + 1:].to(device)  # the token each of the first keep - 1 window positions predicts
-    names = ("gold", "top_p", "top") + (("other_gold", "other_at_top", "jsd") if other is not None else ())
-    window = {name: torch.zeros((len(batch), keep - 1), dtype=torch.long if name == "top" else torch.float32,
+    names = ("gold", "top_p", "top") + (("other_gold", "other_at_top", "other_top", "jsd") if other is not None else ())
+    window = {name: torch.zeros((len(batch), keep - 1), dtype=torch.long if name in ("top", "other_top") else torch.float32,
                                 device=device) for name in names}
     for sl in position_chunks(len(batch), keep - 1, vocab, chunk_elements):
         logp = torch.log_softmax(logits_of[0](sl), dim=-1)
@@ -181,6 +229,7 @@ def _token_reads(model, batch, pad_id, other=None, chunk_elements=CHUNK_ELEMENTS
             logq = torch.log_softmax(logits_of[1](sl), dim=-1).to(device)
             window["other_gold"][:, sl] = logq.gather(-1, tgt).squeeze(-1)
             window["other_at_top"][:, sl] = logq.gather(-1, window["top"][:, sl].unsqueeze(-1)).squeeze(-1)
+            window["other_top"][:, sl] = logq.argmax(dim=-1)
             window["jsd"][:, sl] = _jsd_bits(logp, logq)
             del logq
         del logp

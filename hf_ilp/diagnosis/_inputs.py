@@ -25,6 +25,8 @@ class Samples:
     stages: list[int]  # -1 when the data has no `stage` column
     has_stage: bool
     sequences: list[tuple[list[int], list[int]]]  # (prompt_ids, completion_ids), EOS of plain text left out
+    shown: list[tuple[str, str]]  # (prompt, completion) as a reader sees them: a conversation's turns after their role
+    ids_given: bool  # the dataset has an `id` column (else ids are the rows' content hashes)
 
 
 def read_samples(dataset, tokenizer) -> Samples:
@@ -35,7 +37,7 @@ def read_samples(dataset, tokenizer) -> Samples:
             f"dataset has columns {columns}; expected 'prompt' and 'completion' (prompt-completion format) "
             "or 'messages' (conversational format)"
         )
-    prompts, completions = [], []
+    prompts, completions, shown = [], [], []
     plain = []
     for i, row in enumerate(dataset):
         if row.get("prompt") is not None:
@@ -44,6 +46,7 @@ def read_samples(dataset, tokenizer) -> Samples:
             prompt, completion = split_messages(row["messages"], where=f"row {i}: 'messages'")
         prompts.append(as_text(prompt))
         completions.append(as_text(completion))
+        shown.append((as_text(prompt, roles=True), as_text(completion)))
         plain.append(isinstance(completion, str))
     rows = _tokenize_rows(dataset, tokenizer)
     ids = list(rows.names)
@@ -54,7 +57,7 @@ def read_samples(dataset, tokenizer) -> Samples:
                          "drop exact duplicate rows, which share a content hash)")
     sequences = [_split(r, t, i, tokenizer.eos_token_id if p else None, ids[i])
                  for i, (r, t, p) in enumerate(zip(rows.ids, rows.targets, plain))]
-    return Samples(ids, prompts, completions, list(rows.stages), "stage" in columns, sequences)
+    return Samples(ids, prompts, completions, list(rows.stages), "stage" in columns, sequences, shown, "id" in columns)
 
 
 def tokenize_pairs(tokenizer, prompts, completions) -> list[tuple[list[int], list[int]]]:

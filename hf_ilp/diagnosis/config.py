@@ -145,6 +145,14 @@ class DiagnoserConfig:
                   "completion tokens."},
     )
 
+    # readable evidence ---------------------------------------------------------------------------
+    continuation_tokens: int = field(
+        default=24,
+        metadata={"help": "Tokens of what the fine-tuned and the base model say instead of the target, read "
+                  "from where each first leaves it (greedy; report columns `ft_says` / `base_says` beside "
+                  "`ft_expected` / `base_expected`); 0 leaves these texts out and saves the generation."},
+    )
+
     # execution ---------------------------------------------------------------------------------
     batch_size: int = field(default=16, metadata={"help": "Rows per forward pass of the base and fine-tuned models."})
     encoder_batch_size: int = field(default=64, metadata={"help": "Prompts per sentence-encoder batch."})
@@ -161,7 +169,8 @@ class DiagnoserConfig:
         for name in ("score_sharpness", "falling_loss", "long_target_ratio"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"DiagnoserConfig.{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("calibration_rows", "min_known_rows", "fewshot_examples", "fewshot_check_rows"):
+        for name in ("calibration_rows", "min_known_rows", "fewshot_examples", "fewshot_check_rows",
+                     "continuation_tokens"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
                 raise ValueError(f"DiagnoserConfig.{name} must be a non-negative integer, got {getattr(self, name)!r}")
         for name in ("num_neighbors", "batch_size", "encoder_batch_size", "fewshot_max_tokens"):

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hf_ilp.diagnosis._forward import AdaptersDisabled, next_token_choice, teacher_forced_stats
+from hf_ilp.diagnosis._forward import AdaptersDisabled, greedy_continuations, next_token_choice, teacher_forced_stats
 from hf_ilp.diagnosis._inputs import check_models, read_samples, tokenize_pairs
 from hf_ilp.diagnosis.config import DiagnoserConfig
 from hf_ilp.diagnosis.data_inconsistency import PromptIndex, data_inconsistency_signal, neighbourhood_density
@@ -135,6 +135,10 @@ class Diagnoser:
                             template_probe_coverage=coverage)
             scores["knowledge_conflict"], ev = knowledge_conflict_signal(base, cfg, probe_stats, belief_bar, elsewhere)
             evidence.update(ev)
+            if cfg.continuation_tokens:
+                t = time.perf_counter()
+                evidence.update(_what_they_say(model, base_model, tokenizer, sequences, base, cfg, pad))
+                timings["continuations_s"] = time.perf_counter() - t
 
             # data structure: near-duplicate prompts with other answers, template density
             t = time.perf_counter()
@@ -169,6 +173,7 @@ class Diagnoser:
                       "observation_precedence": list(OBSERVATION_PRECEDENCE)},
             notes=notes,
         )
+        report.summary["ids"] = "dataset" if samples.ids_given else "content_hash"
         report.summary["timings"] = timings
         if cfg.plots:
             from hf_ilp.diagnosis.display import plot_report
@@ -253,11 +258,13 @@ class Diagnoser:
         position = {int(i): k for k, i in enumerate(unlearned)}
         ev_names = list(evidence)
         text_cols = {name for name in ev_names if isinstance(evidence[name], list)}
+        row_of = {sid: i for i, sid in enumerate(samples.ids)}
         rows = []
         for i, sid in enumerate(samples.ids):
             r = rec[i]
-            row = {"id": sid, "learned": bool(learned[i]), "cause": LEARNED, "confidence": float("nan"),
-                   "runner_up": "", "runner_up_confidence": float("nan"), "stage": samples.stages[i]}
+            row = {"id": sid, "row": i, "learned": bool(learned[i]), "cause": LEARNED, "confidence": float("nan"),
+                   "runner_up": "", "runner_up_confidence": float("nan"), "stage": samples.stages[i],
+                   "prompt": samples.shown[i][0], "completion": samples.shown[i][1]}
             k = position.get(i)
             if k is not None:
                 s = {c: float(scores[c][k]) for c in CAUSES}
@@ -270,10 +277,17 @@ class Diagnoser:
                     row[name] = evidence[name][k] if k is not None else ""
                 else:
                     row[name] = float(evidence[name][k]) if k is not None else float("nan")
+            if "dup_neighbor" in text_cols:
+                other = row_of.get(row["dup_neighbor"])
+                row["dup_prompt"], row["dup_completion"] = samples.shown[other] if other is not None else ("", "")
             for src, dst in (("confidence", "cartography_confidence"), ("variability", "cartography_variability"),
                              ("correctness", "cartography_correctness")):
                 value = r.get(src)
                 row[dst] = float(value) if value is not None else float("nan")
+            # the sample's learning curve, one entry per observation of it
+            row["curve_step"] = [int(x) for x in r.get("obs_step") or []]
+            row["curve_exact"] = [bool(x) for x in r.get("exact") or []]
+            row["curve_p_gold"] = [float(x) for x in r.get("p_gold") or []]
             rows.append(row)
         return rows
 
@@ -299,6 +313,30 @@ def _verdict(scores: dict, min_score: float, order=PRECEDENCE) -> dict:
     runner = others[0]
     return {"cause": cause, "confidence": scores[cause] if cause != UNEXPLAINED else 1.0 - max(scores.values()),
             "runner_up": runner, "runner_up_confidence": scores[runner]}
+
+
+def _what_they_say(model, base_model, tokenizer, sequences, base, cfg, pad) -> dict:
+    """Text evidence of each unlearned sample, per model (`ft_*` the fine-tuned model, `base_*` the
+    base): where the model first leaves the target under teacher forcing (`*_diverges_at`, in
+    completion tokens; the completion's length when only its stop is missed), the target's next
+    `continuation_tokens` tokens from there (`*_expected`) and what the model says there instead
+    (`*_says`, its greedy continuation)."""
+    out = {}
+    k = cfg.continuation_tokens
+    for name, m, at in (("ft", model, base["other_diverges_at"]), ("base", base_model, base["diverges_at"])):
+        start = [len(c) if np.isnan(d) else int(d) for d, (_, c) in zip(at, sequences)]
+        said = greedy_continuations(m, [list(p) + list(c[:s]) for (p, c), s in zip(sequences, start)], k,
+                                    cfg.batch_size, pad, tokenizer.eos_token_id)
+        out[f"{name}_diverges_at"] = np.asarray(start, dtype=float)
+        out[f"{name}_expected"] = [_decode(tokenizer, c[s:s + k]) if s < len(c) else (tokenizer.eos_token or "")
+                                   for (_, c), s in zip(sequences, start)]
+        out[f"{name}_says"] = [_decode(tokenizer, tokens) for tokens in said]
+    return out
+
+
+def _decode(tokenizer, ids) -> str:
+    """The tokens as text, special tokens included (a reader sees where a model stops)."""
+    return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
 class _FewShot:

@@ -3,9 +3,17 @@
 Layout on disk (a folder, written atomically):
     samples.parquet   one row per training sample: `id`, `learned`, `cause`, `confidence`,
                       `runner_up`, `runner_up_confidence`, then evidence columns (signal values,
-                      NaN where a signal was not computed)
+                      NaN where a signal was not computed), and (schema 2) what a reader needs
+                      to see it: `row` (index in the training data), `prompt` and `completion`
+                      text (a conversation's turns after their role), `ft_says` / `ft_expected`
+                      (what the fine-tuned model says from where it first leaves the target, and
+                      what the target says there; `ft_diverges_at` in completion tokens), the
+                      same for the base model (`base_*`), the near-duplicate's text
+                      (`dup_prompt`, `dup_completion`), and the learning curve
+                      (`curve_step`, `curve_exact`, `curve_p_gold`: one entry per observation)
     summary.json      `schema_version`, counts per cause, `n_samples`, `n_unlearned`,
-                      `unexplained_share`, `settings`, `versions`, `notes`
+                      `unexplained_share`, `settings`, `versions`, `notes`; `ids`: "dataset"
+                      (its `id` column) or "content_hash" (rows without one: show `row` instead)
     plots/*.png       optional figures (cartography map, bar chart per cause)
 """
 
@@ -20,7 +28,8 @@ from typing import Any
 
 from hf_ilp._io import atomic_dir
 
-SCHEMA_VERSION = 1
+#: 2 added the readable evidence (text, learning curve, `row`); version-1 reports load as they are.
+SCHEMA_VERSION = 2
 
 #: The five causes of incomplete learning, as stable strings, then the honest remainder.
 CAUSES = (

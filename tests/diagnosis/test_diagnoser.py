@@ -1,6 +1,7 @@
 """The Diagnoser end to end on data the world did not make: verdicts, report, CLI, bad input."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -49,6 +50,47 @@ def test_hand_built_rows_without_stage(fact_world, fact_records, tmp_path):
     assert loaded.samples["cause"] == report.samples["cause"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["timings"]["total_s"] > 0
+
+
+def test_the_report_shows_each_sample_as_text(fact_world, fact_records):
+    """What a reader needs beside the numbers: the texts, what each model says where it leaves the
+    target, the near-duplicate's text and the learning curve (every value set by the bigram tables)."""
+    train = Dataset.from_list(fact_world["rows"])
+    report = diagnose(fact_world["model"], fact_world["base"], fact_world["tokenizer"], train, fact_records,
+                      config=LEXICAL)
+    assert report.summary["ids"] == "dataset" and report.summary["schema_version"] == 2
+    rows = {r["id"]: r for r in report.samples}
+    assert [rows[r["id"]]["row"] for r in fact_world["rows"]] == list(range(len(fact_world["rows"])))
+    assert all(rows[r["id"]]["prompt"] == r["prompt"] and rows[r["id"]]["completion"] == r["completion"]
+               for r in fact_world["rows"])
+    # conflict4 is taught v7; both models still say v4 there, then follow the v4 -> v5 -> ... chain
+    c4 = rows["conflict4"]
+    assert c4["ft_diverges_at"] == 0 and c4["ft_expected"].split() == ["v7"]
+    assert c4["ft_says"].split()[:3] == ["v4", "v5", "v6"] and c4["base_says"].split()[:2] == ["v4", "v5"]
+    # dupA's answer v6 is reproduced, but not its stop: the model goes on with the chain
+    a = rows["dupA"]
+    assert a["ft_diverges_at"] == 1 and a["ft_expected"] == "</s>" and a["ft_says"].split()[0] == "v0"
+    assert (rows["dupB"]["dup_prompt"], rows["dupB"]["dup_completion"]) == ("what is the colour of e6", " v6")
+    assert rows["dupB"]["ft_says"].split()[0] == "v6"
+    f = rows["forgot10"]
+    assert f["curve_step"] == [10, 20, 30, 30] and f["curve_exact"] == [False, True, True, False]
+    assert f["curve_p_gold"] == pytest.approx([math.exp(-x) for x in (2.0, 0.4, 0.5, 1.5)])
+    # learned rows carry their texts and curve, and no model continuation
+    assert rows["known0"]["ft_says"] == "" and rows["known0"]["curve_exact"] == [False, True, True, True]
+    # a dataset without ids is shown by row; the text evidence can be switched off
+    anonymous = train.remove_columns("id")
+    hashes = _hashes(anonymous, fact_world["tokenizer"])
+    records = fact_records.map(lambda r, i: {"id": hashes[i]}, with_indices=True)  # the tracker's ids for such rows
+    plain = diagnose(fact_world["model"], fact_world["base"], fact_world["tokenizer"], anonymous, records,
+                     config=DiagnoserConfig(encoder="lexical", progress=False, continuation_tokens=0))
+    assert plain.summary["ids"] == "content_hash" and plain.samples["row"] == list(range(len(train)))
+    assert "ft_says" not in plain.samples.column_names and plain.counts == report.counts
+
+
+def _hashes(train, tokenizer):
+    from hf_ilp.tracking.learn_check import tokenize_rows
+
+    return list(tokenize_rows(train, tokenizer).names)
 
 
 def test_belief_bar_is_calibrated_on_what_the_base_knows(fact_world, fact_records):

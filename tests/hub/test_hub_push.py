@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hub_server import point_client_at, start_hub_server
+from hf_ilp.diagnosis.report import SCHEMA_VERSION
 
 
 def _run_folder(tmp_path, report, name="run"):
@@ -99,7 +100,7 @@ def test_push_is_idempotent_and_cli_report(hub, make_report, tmp_path, capsys):
     assert main(["push", str(out)]) == 0  # pushing the same folder again is harmless
     assert main(["report", "bob/again", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
-    assert printed["counts"] == report.counts and printed["schema_version"] == 1
+    assert printed["counts"] == report.counts and printed["schema_version"] == SCHEMA_VERSION
     assert main(["report", "bob/again", "--samples"]) == 0
     text = capsys.readouterr().out
     assert "knowledge_conflict" in text and "unlearned samples" in text
