@@ -14,6 +14,7 @@ _EXPORTS = {
     "PRECEDENCE": "hf_ilp.diagnosis.diagnoser",
     "diagnose": "hf_ilp.diagnosis.diagnoser",
     "across_processes": "hf_ilp.diagnosis._forward",
+    "write_html": "hf_ilp.diagnosis.html",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -1,4 +1,4 @@
-"""`hf-ilp report REPO_OR_PATH [--json]` and `hf-ilp push DIR`."""
+"""`hf-ilp report REPO_OR_PATH [--json | --html [OUT]]` and `hf-ilp push DIR`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ def register(subparsers) -> None:
     p.add_argument("--revision", default=None, help="branch, tag or commit of the Hub repo")
     p.add_argument("--repo-type", default="model", choices=["model", "dataset"], help="kind of Hub repo (default: model)")
     p.add_argument("--samples", action="store_true", help="also load the per-sample rows and list example unlearned samples")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON (for machines)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the summary as JSON (for machines)")
+    out.add_argument(
+        "--html", nargs="?", const="report.html", default=None, metavar="OUT",
+        help="write the diagnosis (summary, cartography map, unlearned samples with their evidence) as one "
+        "self-contained HTML page to OUT (default: report.html in the current folder) and print its path",
+    )
     p.set_defaults(func=_report)
 
     p = subparsers.add_parser(
@@ -33,11 +39,29 @@ def register(subparsers) -> None:
 def _report(args) -> int:
     import json
     import math
+    import sys
+
+    from huggingface_hub.utils import logging as hub_logging
 
     from hf_ilp.diagnosis.report import CAUSES, UNEXPLAINED
     from hf_ilp.hub.load import load_report
 
-    report = load_report(args.source, revision=args.revision, samples=args.samples, repo_type=args.repo_type)
+    # huggingface_hub retries an unreachable Hub with a warning per attempt; the one line below
+    # says what was not found and where it was looked for
+    verbosity = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()
+    try:
+        report = load_report(args.source, revision=args.revision, samples=args.samples or args.html is not None, repo_type=args.repo_type)
+        if args.html is not None:
+            from hf_ilp.diagnosis.html import write_html
+
+            print(write_html(report, args.html).resolve())
+            return 0
+    except (FileNotFoundError, ValueError) as exc:  # nothing found where we looked, a bad card, a page refused
+        print(f"hf-ilp report: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        hub_logging.set_verbosity(verbosity)
     s = report.summary
     if args.json:
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in s.items()}

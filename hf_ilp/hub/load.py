@@ -33,7 +33,8 @@ def load_report(
     """Load a DiagnosisReport; `samples=True` adds the per-sample rows (else `report.samples` is None).
 
     Cards with missing, malformed or newer-schema `hf_ilp` metadata raise `CardMetadataError`
-    naming the field; older schemas load.
+    naming the field; older schemas load. A source that is neither a local path nor a Hub repo
+    that can be read raises `ReportNotFoundError` (a `FileNotFoundError`).
     """
     path = Path(repo_id_or_path)
     if path.exists():
@@ -45,7 +46,7 @@ def load_report(
     api = HfApi(endpoint=endpoint, token=token)
     repo_id = str(repo_id_or_path)
     source = f"{repo_type} repo {repo_id}" + (f"@{revision}" if revision else "")
-    card_file = api.hf_hub_download(repo_id, "README.md", repo_type=repo_type, revision=revision)
+    card_file = _download_card(api, path, repo_id, repo_type, revision)
     report = from_card_metadata(_card_metadata(card_file, source), source=f"card of {source}")
     report.plots = {}  # plots stay in the repo; the card embeds them
     if not samples:
@@ -61,6 +62,37 @@ def load_report(
     parquet = api.hf_hub_download(dataset_id, DATASET_FILE, repo_type="dataset", revision=dataset_revision)
     report.samples = _read_samples(parquet, f"dataset {dataset_id}")
     return report
+
+
+class ReportNotFoundError(FileNotFoundError):
+    """The source is neither a local path nor a Hub repo that could be read; the message says
+    where both were looked for."""
+
+
+def _download_card(api, path: Path, repo_id: str, repo_type: str, revision: str | None) -> str:
+    """The Hub repo's README.md; a repo that does not exist, an id that cannot be one, or a Hub
+    that cannot be reached (with no cached copy) raise `ReportNotFoundError`."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return api.hf_hub_download(repo_id, "README.md", repo_type=repo_type, revision=revision)
+    except GatedRepoError:  # the repo exists; huggingface_hub's message says how to get access
+        raise
+    except (RepositoryNotFoundError, HFValidationError, LocalEntryNotFoundError) as exc:
+        if isinstance(exc, RepositoryNotFoundError):
+            why = "no such repo on the Hub"
+        elif isinstance(exc, HFValidationError):
+            why = "it is not a valid Hub repo id (user/name)"
+        elif constants.HF_HUB_OFFLINE:
+            why = "the Hub is not asked in offline mode (HF_HUB_OFFLINE) and no copy is cached"
+        else:
+            why = "the Hub could not be reached and no copy is cached"
+        where = f"{repo_type} repo '{repo_id}'" + (f" at revision '{revision}'" if revision else "") + f" on {api.endpoint}"
+        raise ReportNotFoundError(
+            f"found neither a local report nor a Hub repo for '{repo_id}': the local path {path.resolve()} does not exist, "
+            f"and {why} ({where})"
+        ) from None
 
 
 def _load_local(path: Path, samples: bool) -> DiagnosisReport:
