@@ -2,6 +2,7 @@
 
     >>> paths = plot_report(report, "plots/")      # {"cartography": ..., "causes": ...}
     >>> print_summary(report)                       # a table of causes, shares and confidences
+    >>> evidence_text(report.samples[0])            # one sentence: why this sample got its cause
 """
 
 from __future__ import annotations
@@ -21,6 +22,79 @@ COLORS = {
     "under_training": "#2ca02c",
     UNEXPLAINED: "#7f7f7f",
 }
+
+
+def sample_name(row, ids: str | None = None) -> str:
+    """How a reader refers to a sample: its id, or `row N` where ids are content hashes."""
+    if ids == "content_hash" and row.get("row") is not None:
+        return f"row {row['row']}"
+    return str(row["id"])
+
+
+def says_text(row) -> str:
+    """What the fine-tuned model says where it first leaves the target, against the target ('' when
+    the report has no such text)."""
+    said, expected = row.get("ft_says") or "", row.get("ft_expected") or ""
+    if not said and not expected:
+        return ""
+    return f"says “{_clip(said)}” where the target continues “{_clip(expected)}”"
+
+
+def evidence_text(row) -> str:
+    """One sentence of the evidence behind a sample's cause, from the report's columns (those an
+    older report lacks are left out)."""
+    cause = row.get("cause") or ""
+    parts = []
+    if cause == "missing_knowledge":
+        p = _num(row, "base_gold_prob")
+        if p is not None:
+            parts.append(f"the base model gives the target's tokens p={p:.2f} on average")
+        if row.get("base_says"):
+            parts.append(f"the base says “{_clip(row['base_says'])}”")
+    elif cause == "knowledge_conflict":
+        p = _num(row, "base_alt_prob")
+        if row.get("base_says") or p is not None:
+            said = f"“{_clip(row['base_says'])}”" if row.get("base_says") else "another answer"
+            where = f" where the target says “{_clip(row['base_expected'])}”" if row.get("base_expected") else ""
+            parts.append(f"the base model says {said}{where}" + (f" (p={p:.2f})" if p is not None else ""))
+        if _num(row, "ft_follows_base") == 1.0:
+            parts.append("the fine-tuned model still prefers it")
+    elif cause == "data_inconsistency":
+        if row.get("dup_neighbor") or row.get("dup_prompt"):
+            text = f"“{_clip(row['dup_prompt'])}” → “{_clip(row.get('dup_completion', ''))}”" if row.get("dup_prompt") else ""
+            sim = _num(row, "dup_similarity")
+            parts.append(f"a near-duplicate prompt ({row.get('dup_neighbor') or '?'}) has another answer"
+                         + (f": {text}" if text else "") + (f" (similarity {sim:.2f})" if sim is not None else ""))
+    elif cause == "forgetting":
+        step, stage = _num(row, "first_learned_step"), _num(row, "forgot_stage")
+        if step is not None or stage is not None:
+            parts.append("reproduced" + (f" from step {step:.0f}" if step is not None and step >= 0 else "")
+                         + ", lost by the end"
+                         + (f" (last reproduced while stage {stage:.0f} was trained)" if stage is not None else ""))
+    elif cause == "under_training":
+        drop, rare, ratio = _num(row, "loss_drop"), _num(row, "template_rarity"), _num(row, "length_ratio")
+        if drop is not None:
+            parts.append(f"its loss still fell {drop:.0%} per observation")
+        if rare is not None and rare >= 0.9:
+            parts.append("its prompt template is rare")
+        if ratio is not None and ratio >= 2:
+            parts.append(f"its target is {ratio:.1f}x the median length")
+    elif cause == UNEXPLAINED:
+        parts.append("no cause reaches its threshold")
+    return "; ".join(parts)
+
+
+def _num(row, name):
+    value = row.get(name)
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _clip(text, limit=60) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def plot_report(report, out_dir) -> dict:

@@ -270,17 +270,25 @@ def render_diagnosis_section(
 
 
 def _examples(report: DiagnosisReport, cause: str, texts: dict) -> dict | None:
-    """Up to five samples of one cause, most confident first, as Markdown-safe table cells."""
+    """Up to five samples of one cause, most confident first, as Markdown-safe table cells: the sample,
+    its text, what the fine-tuned model says instead and the evidence (from the report's own text
+    columns; a report without them takes the text from `texts`)."""
+    from hf_ilp.diagnosis.display import evidence_text, sample_name, says_text
+
     if report.samples is None:
         return None
     rows = report.by_cause(cause).sort("confidence", reverse=True).select(range(min(_EXAMPLES_PER_CAUSE, report.counts[cause])))
-    rows = [dict(row) for row in rows]
+    table = []
     for row in rows:
         prompt, completion = texts.get(str(row["id"]), (None, None))
-        row.setdefault("prompt", prompt)
-        row.setdefault("completion", completion)
-    columns = [c for c in ("id", "prompt", "completion", "confidence", "runner_up") if any(r.get(c) is not None for r in rows)]
-    return {"columns": columns, "rows": [[_cell(row.get(c, "")) for c in columns] for row in rows]}
+        table.append({
+            "sample": sample_name(row, report.summary.get("ids")),
+            "prompt": row.get("prompt", prompt), "completion": row.get("completion", completion),
+            "the model": says_text(row) or None, "evidence": evidence_text(row) or None,
+            "confidence": row["confidence"], "runner-up": row["runner_up"],
+        })
+    columns = [c for c in table[0] if any(r[c] is not None for r in table)] if table else []
+    return {"columns": columns, "rows": [[_cell(r[c]) for c in columns] for r in table]}
 
 
 def _texts_by_id(dataset) -> dict:
@@ -421,10 +429,13 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
 
-def _cell(value) -> str:
+def _cell(value, limit=160) -> str:
+    """A Markdown table cell: one line, at most `limit` characters, pipes escaped, tokens redacted."""
+    if value is None:
+        value = ""
     if isinstance(value, float):
         value = f"{value:.3f}"
-    text = " ".join(str(value).split())
-    if len(text) > 80:
-        text = text[:77] + "..."
+    text = _TOKEN_RE.sub("<redacted>", " ".join(str(value).split()))
+    if len(text) > limit:
+        text = text[:limit - 3] + "..."
     return text.replace("|", "\\|") or " "

@@ -71,6 +71,8 @@ def _row(sample_id, learned, cause, confidence):
         "prompt": f"What is the value of {sample_id}?",
         "completion": f" value-{sample_id}",
         "final_p_gold": 0.9 if learned else 0.1,
+        "ft_says": "" if learned else f" other-{sample_id}",
+        "ft_expected": "" if learned else f" value-{sample_id}",
     }
 
 

@@ -65,7 +65,9 @@ def test_trl_card_is_kept_and_amended_idempotently(sft_trainer_cls, make_report,
     assert meta["hf_ilp"]["trained_on"] == "ilp-world"
     # a table per cause with its examples, most confident first
     assert "### `unexplained`: examples (6 in all)" in card.text
-    assert "| id | prompt | completion | confidence | runner_up |" in card.text
+    assert "| sample | prompt | completion | the model | evidence | confidence | runner-up |" in card.text
+    assert "| u50 | What is the value of u50? | value-u50 | says “other-u50” where the target continues “value-u50” " \
+           "| no cause reaches its threshold | 0.750 | under_training |" in card.text
     assert str(tmp_path) not in (out / "README.md").read_text()
 
 
@@ -168,4 +170,4 @@ def test_examples_show_the_training_text_when_the_report_has_only_ids(tmp_path):
     text = amend_model_card(tmp_path, report, train_dataset=train).read_text()
     assert "| q1 | Capital of Zorb? | Plim \\| Plam | 0.900 |" in text
     assert "| q2 | Who wrote Q? | Ann | 0.800 |" in text
-    assert "| id | confidence | runner_up |" in amend_model_card(tmp_path / "no_text", report).read_text()  # ids only
+    assert "| sample | confidence | runner-up |" in amend_model_card(tmp_path / "no_text", report).read_text()  # ids only
