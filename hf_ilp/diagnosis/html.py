@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from hf_ilp._rows import as_text
-from hf_ilp.diagnosis.display import COLORS
+from hf_ilp.diagnosis.display import COLORS, evidence_text, sample_name
 from hf_ilp.diagnosis.report import CAUSES, REQUIRED_COLUMNS, UNEXPLAINED
 
 #: Learned samples drawn on the map at most (evenly spaced over the rows); the page says so.
@@ -113,7 +113,8 @@ def _sample(k: int, row: dict, cols: set, by_row: bool) -> dict:
     out = {
         "k": k,
         "id": sample_id,
-        "label": f"row {row['row']}" if by_row else sample_id,
+        "label": sample_name(row, "content_hash" if by_row else "dataset"),
+        "why": evidence_text(row),
         "cause": row["cause"],
         "confidence": row["confidence"],
         "runner_up": row["runner_up"] or "",
@@ -267,6 +268,7 @@ body { margin: 0; padding: 1.25rem 1.5rem 3rem; color: var(--fg); background: #f
 h1 { font-size: 1.45rem; margin: 0 0 .6rem; }
 h2 { font-size: 1.1rem; margin: 1.6rem 0 .6rem; }
 h3 { font-size: .95rem; margin: 1.1rem 0 .4rem; }
+.why { margin: .6rem 0; font-style: italic; }
 .muted { color: var(--muted); font-size: .9rem; }
 .stats { display: flex; flex-wrap: wrap; gap: .75rem; }
 .stat { background: var(--bg-soft); border: 1px solid var(--line); border-radius: 6px; padding: .45rem .8rem; min-width: 9rem; }
@@ -521,6 +523,7 @@ _SCRIPT = r"""
       meta.appendChild(el("dt", {}, p[0])); meta.appendChild(el("dd", {}, String(p[1])));
     });
     d.appendChild(meta);
+    if (s.why) d.appendChild(el("p", {"class": "why"}, s.why));
     var scores = Object.keys(s.scores);
     if (scores.length) {
       d.appendChild(el("h3", {}, "score per cause"));

@@ -15,6 +15,7 @@ Layout on disk (a folder, written atomically):
                       `unexplained_share`, `settings`, `versions`, `notes`; `ids`: "dataset"
                       (its `id` column) or "content_hash" (rows without one: show `row` instead)
     plots/*.png       optional figures (cartography map, bar chart per cause)
+    report.html       the report as one page to open in a browser (`hf_ilp.diagnosis.write_html`)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,8 +112,9 @@ class DiagnosisReport:
         return len(self.samples)
 
     # persistence ----------------------------------------------------------------------------
-    def save(self, path) -> Path:
-        """Write the report folder atomically and return its path."""
+    def save(self, path, html: bool = True) -> Path:
+        """Write the report folder atomically and return its path; `html=True` adds `report.html`
+        (left out, with a warning, when the page would carry a token or a path of this machine)."""
         path = Path(path)
         with atomic_dir(path) as tmp:
             self.samples.to_parquet(str(tmp / "samples.parquet"))
@@ -124,6 +127,13 @@ class DiagnosisReport:
                     plots[name] = f"plots/{dst.name}"
             summary = dict(self.summary, plots=plots)
             (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+            if html:
+                from hf_ilp.diagnosis.html import write_html
+
+                try:
+                    write_html(self, tmp / "report.html")
+                except ValueError as exc:  # the secrets check: a page that cannot be shared is not written
+                    warnings.warn(f"{path}: report.html not written: {exc}", stacklevel=2)
         self.plots = {name: str(path / rel) for name, rel in plots.items()}
         return path
 

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 PUSH_SETTINGS = "hf_ilp_push.json"
 DATASET_FILE = "data/train-00000-of-00001.parquet"
+#: The diagnosis as one page (`hf_ilp.diagnosis.write_html`), at the root of the dataset repo.
+HTML_FILE = "report.html"
 #: Left out of the model repo: checkpoints, per-stage models, per-sample records and verdicts
 #: (the dataset repo has those), pickled training arguments (they hold local paths).
 IGNORE_PATTERNS = [
@@ -145,6 +148,7 @@ def push_run(
     card = render_dataset_card(report, dataset_repo_id, model_repo_id=hub_model_id, trained_on=trained_on)
     assert_no_secrets(card, what="the dataset card", extra=extra)
     _check_samples(report, extra)
+    page = _html_page(report, extra)
     attempts = [0]
 
     def retry(what, fn):
@@ -159,6 +163,7 @@ def push_run(
             operations=[
                 CommitOperationAdd("README.md", card.encode()),
                 CommitOperationAdd(DATASET_FILE, str(output_dir / REPORT_DIRNAME / "samples.parquet")),
+                CommitOperationAdd(HTML_FILE, page),
             ],
             commit_message="Per-sample incomplete-learning diagnosis (hf_ilp)",
         ),
@@ -316,6 +321,16 @@ def _card_names(card_path: Path, hub_model_id: str, dataset_repo_id: str) -> boo
         return False
     block = ModelCard.load(card_path).data.to_dict().get(METADATA_KEY) or {}
     return block.get("diagnosis_dataset") == dataset_repo_id and f'load_report("{hub_model_id}"' in card_path.read_text()
+
+
+def _html_page(report, extra) -> bytes:
+    """The report's HTML page, checked like every other upload."""
+    from hf_ilp.diagnosis.html import write_html
+
+    with tempfile.TemporaryDirectory() as tmp:
+        text = write_html(report, Path(tmp) / HTML_FILE).read_text(encoding="utf-8")
+    assert_no_secrets(text, what=f"the dataset's {HTML_FILE}", extra=extra)
+    return text.encode("utf-8")
 
 
 def _check_repo_id(repo_id, name) -> None:

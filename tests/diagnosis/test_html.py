@@ -165,6 +165,8 @@ def test_cli_says_in_one_line_that_it_found_neither_a_folder_nor_a_repo(source, 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    # downloads build their URL from this template, which a Hub server of other tests may have repointed
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(time, "sleep", lambda seconds: None)  # huggingface_hub's backoff between retries

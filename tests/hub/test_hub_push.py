@@ -45,10 +45,14 @@ def test_push_then_load_report_round_trip(hub, make_report, tmp_path):
 
     api = HfApi(endpoint=hub.endpoint)
     files = set(api.list_repo_files("alice/tiny-sft"))
-    assert {"README.md", "config.json", "model.safetensors", "hf_ilp_report/summary.json", "hf_ilp_report/plots/counts.png"} <= files
+    assert {"README.md", "config.json", "model.safetensors", "hf_ilp_report/summary.json", "hf_ilp_report/plots/counts.png",
+            "hf_ilp_report/report.html"} <= files
     assert not any(f.startswith(("checkpoint-", "hf_ilp_records")) for f in files)
     assert "training_args.bin" not in files and "hf_ilp_report/samples.parquet" not in files
-    assert set(api.list_repo_files("alice/tiny-sft-ilp-diagnosis", repo_type="dataset")) == {"README.md", "data/train-00000-of-00001.parquet"}
+    assert set(api.list_repo_files("alice/tiny-sft-ilp-diagnosis", repo_type="dataset")) == {
+        "README.md", "data/train-00000-of-00001.parquet", "report.html"}
+    page = Path(api.hf_hub_download("alice/tiny-sft-ilp-diagnosis", "report.html", repo_type="dataset")).read_text()
+    assert "What is the value of u50?" in page and "other-u50" in page  # the samples' text and what the model says
 
     loaded = hf_ilp.load_report("alice/tiny-sft", samples=True)
     assert loaded.counts == report.counts
@@ -82,6 +86,13 @@ def test_push_then_load_report_round_trip(hub, make_report, tmp_path):
                 assert secret.encode() not in data, (repo, f, secret)
     rows = from_dataset.samples.to_pandas().astype(str).to_string()
     assert str(tmp_path) not in rows and "hf_s" not in rows
+
+    # the CLI writes the page of a Hub repo from its card and diagnosis dataset
+    from hf_ilp.cli import main
+
+    assert main(["report", "alice/tiny-sft", "--html", str(tmp_path / "hub.html")]) == 0
+    from_hub = (tmp_path / "hub.html").read_text()
+    assert "What is the value of u50?" in from_hub and "other-u50" in from_hub
 
     # the local folder is complete and loads the same report
     local = hf_ilp.load_report(out, samples=True)
