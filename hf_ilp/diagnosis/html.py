@@ -135,7 +135,8 @@ def _sample(k: int, row: dict, cols: set, by_row: bool) -> dict:
         if _present(row.get(expected)) or _present(row.get(says)):
             out["comparisons"].append({"model": name, "expected": _text(row.get(expected)), "says": _text(row.get(says)), "at": row.get(at)})
     if any(_present(row.get(c)) for c in _DUPLICATE_COLUMNS):
-        out["duplicate"] = {"id": _text(row.get("dup_neighbor")), "prompt": _text(row.get("dup_prompt")), "completion": _text(row.get("dup_completion"))}
+        out["duplicate"] = {"id": _text(row.get("dup_neighbor")), "prompt": _text(row.get("dup_prompt")),
+                            "completion": _text(row.get("dup_completion")), "similarity": row.get("dup_similarity")}
     if _present(row.get("curve_step")):
         steps = list(row["curve_step"])
         out["curve"] = {"step": steps, "p_gold": _padded(row.get("curve_p_gold"), len(steps)), "exact": _padded(row.get("curve_exact"), len(steps))}
@@ -293,6 +294,7 @@ svg .pt:hover, svg .pt.selected { stroke: #000; stroke-width: 2; }
 select { font: inherit; padding: .15rem .3rem; }
 table { border-collapse: collapse; width: 100%; font-size: .9rem; }
 th, td { text-align: left; padding: .3rem .5rem; border-bottom: 1px solid var(--line); vertical-align: top; }
+#samples td:first-child { white-space: nowrap; }
 th { background: var(--bg-soft); position: sticky; top: 0; }
 th.sortable { cursor: pointer; user-select: none; white-space: nowrap; }
 th.sortable::after { content: " \\2195"; color: var(--muted); }
@@ -549,7 +551,8 @@ _SCRIPT = r"""
     });
     if (s.duplicate) {
       var dup = s.duplicate;
-      d.appendChild(el("h3", {}, "near-duplicate" + (dup.id ? " " + dup.id : "") + " in the training data"));
+      d.appendChild(el("h3", {}, "the closest training prompt with another answer" + (dup.id ? ": " + dup.id : "") +
+        (dup.similarity === null || dup.similarity === undefined ? "" : " (similarity " + num(dup.similarity, 2) + ")")));
       var pair = el("div", {"class": "pair"});
       [["its prompt", dup.prompt], ["its completion", dup.completion]].forEach(function (p) {
         var col = el("div"); col.appendChild(el("div", {"class": "label"}, p[0]));
