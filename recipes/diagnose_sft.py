@@ -31,7 +31,7 @@ from accelerate import PartialState
 from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser, get_peft_config
 
 from hf_ilp._io import write_json_atomic
-from hf_ilp.diagnosis import DiagnoserConfig, across_processes, diagnose
+from hf_ilp.diagnosis import DiagnoserConfig, across_processes, diagnose, log_report
 from hf_ilp.diagnosis.display import print_summary
 from hf_ilp.hub import publish_run, take_hub_settings
 from hf_ilp.training import (load_model_and_tokenizer, parse_recipe_args, prefixed_arguments, recipe_config, save_final_model,
@@ -143,6 +143,9 @@ def main(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_a
     if trainer.is_world_process_zero():
         report.save(out / "diagnosis")
         print_summary(report)
+        logged = log_report(report, trainer, max_rows=tracker_config.log_samples).get("backends")
+        if logged:
+            _say(f"diagnosis sent to {', '.join(logged)} (report_to)")
     save_final_model(trainer, tokenizer, out / "final_model")
     if trainer.is_world_process_zero():
         write_json_atomic(out / "diagnose_summary.json", summary)

@@ -15,6 +15,8 @@ _EXPORTS = {
     "diagnose": "hf_ilp.diagnosis.diagnoser",
     "across_processes": "hf_ilp.diagnosis._forward",
     "write_html": "hf_ilp.diagnosis.html",
+    "log_records": "hf_ilp.diagnosis.loggers",
+    "log_report": "hf_ilp.diagnosis.loggers",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

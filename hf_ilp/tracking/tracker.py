@@ -51,6 +51,10 @@ class LearnTrackerConfig:
     records_dir: str | None = field(
         default=None, metadata={"help": "Where to write the records (default: <output_dir>/hf_ilp_records)."}
     )
+    log_samples: int = field(
+        default=200,
+        metadata={"help": "Unlearned samples sent as a table to the report_to loggers at the end of training; 0 sends none."},
+    )
 
     def __post_init__(self):
         if self.every_n_steps < 0 or self.num_samples < 1 or self.batch_size < 1 or self.slope_window < 2:
@@ -60,6 +64,8 @@ class LearnTrackerConfig:
             )
         if self.temperature <= 0:
             raise ValueError(f"LearnTrackerConfig: temperature must be > 0, got {self.temperature}")
+        if self.log_samples < 0:
+            raise ValueError(f"LearnTrackerConfig: log_samples must be >= 0, got {self.log_samples}")
 
 
 def _names(names, limit=10) -> str:
@@ -98,7 +104,9 @@ class LearnTracker(TrainerCallback):
     every tracked row with `check_learned` at the end of each training run; records are written to
     `<output_dir>/hf_ilp_records` at every checkpoint and at the end, restored on
     `resume_from_checkpoint`, and the shares of rows learned / forgotten / never learned go into the
-    logs (`ilp/learned`, `ilp/forgotten`, `ilp/never_learned`) of every `report_to` backend.
+    logs (`ilp/learned`, `ilp/forgotten`, `ilp/never_learned`) of every `report_to` backend; at the
+    end of each run, the counts, a table of the unlearned rows and a cartography map go there too
+    (`hf_ilp.diagnosis.log_records`).
 
     Args:
         dataset: the rows to track, in the trainer's format (prompt-completion, `messages`, or
@@ -458,6 +466,11 @@ class LearnTracker(TrainerCallback):
             self._hook.remove()
             self._hook = None
         self._write(args, state, self._records_dir(args))
+        trainer = _caller_of_type(Trainer) if args.report_to and state.is_world_process_zero else None
+        if trainer is not None:  # counts, unlearned rows and cartography to the report_to loggers
+            from hf_ilp.diagnosis.loggers import log_records
+
+            log_records(self.records, trainer, max_rows=self.config.log_samples)
 
     # ---- aggregates in the logs ---------------------------------------------------------------
     def on_log(self, args, state, control, logs=None, **kwargs):
