@@ -59,23 +59,27 @@ inline Layout make_layout(const at::Tensor& x, int64_t group_size) {
 }
 
 struct Prepared {
-  at::Tensor x;       // float32, contiguous
-  at::Tensor out;     // float32, contiguous
+  at::Tensor x;       // float32 (or, `native`, x's own float32 / bfloat16 / float16), contiguous
+  at::Tensor out;     // the same dtype as `x` here, contiguous
   at::Tensor codes;   // uint8 packed codes, or empty
   at::Tensor scales;  // float32 (groups,)
   Layout layout;
   int mode;
 };
 
+// `native`: a kernel that reads float32, bfloat16 and float16 itself gets x in its own dtype
+// (float64 is still read as float32).
 inline Prepared prepare(const at::Tensor& x, const std::string& mode, int64_t group_size,
-                        bool return_codes) {
+                        bool return_codes, bool native = false) {
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()),
                    "hf_ilp::fp4_quantize: x must be a floating-point tensor (float32, bfloat16, "
                    "float16, float64), got ", x.scalar_type());
   Prepared p;
   p.mode = parse_mode(mode);
   p.layout = make_layout(x, group_size);
-  p.x = x.to(at::kFloat).contiguous();
+  const auto t = x.scalar_type();
+  const bool keep = native && (t == at::kFloat || t == at::kBFloat16 || t == at::kHalf);
+  p.x = (keep ? x : x.to(at::kFloat)).contiguous();
   p.out = at::empty_like(p.x, at::MemoryFormat::Contiguous);
   p.codes = at::zeros({return_codes ? (x.numel() + 1) / 2 : 0}, x.options().dtype(at::kByte));
   p.scales = at::empty({p.layout.groups()}, x.options().dtype(at::kFloat));
@@ -83,7 +87,7 @@ inline Prepared prepare(const at::Tensor& x, const std::string& mode, int64_t gr
 }
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& x, Prepared& p) {
-  at::Tensor out = p.out.to(x.scalar_type());
+  at::Tensor out = p.out.scalar_type() == x.scalar_type() ? p.out : p.out.to(x.scalar_type());
   return {out, p.codes, p.scales};
 }
 

@@ -16,17 +16,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_quantize_cuda(const at::Tenso
                                                                  bool stochastic, int64_t seed,
                                                                  bool return_codes) {
   c10::cuda::CUDAGuard guard(x_in.device());
-  Prepared p = prepare(x_in, std::string(mode), group_size, return_codes);
+  Prepared p = prepare(x_in, std::string(mode), group_size, return_codes, /*native=*/true);
   const Layout L = p.layout;
   if (L.numel() == 0) {
     p.scales.zero_();
     return finish(x_in, p);
   }
+  const auto t = p.x.scalar_type();
+  const int dtype = t == at::kBFloat16 ? kBFloat16 : (t == at::kHalf ? kFloat16 : kFloat32);
+  const int64_t ws_bytes = fp4_cuda_workspace_bytes(L.rows, L.cols, L.gsize, L.gpr);
+  at::Tensor workspace = at::empty({ws_bytes}, p.x.options().dtype(at::kByte));
   const cudaError_t err = fp4_quantize_cuda_launch(
-      p.x.data_ptr<float>(), p.out.data_ptr<float>(),
-      return_codes ? p.codes.data_ptr<uint8_t>() : nullptr, p.scales.data_ptr<float>(), L.rows,
-      L.cols, L.gsize, L.gpr, p.mode, stochastic, static_cast<uint64_t>(seed),
-      c10::cuda::getCurrentCUDAStream().stream());
+      p.x.data_ptr(), p.out.data_ptr(), dtype, return_codes ? p.codes.data_ptr<uint8_t>() : nullptr,
+      p.scales.data_ptr<float>(), ws_bytes ? workspace.data_ptr() : nullptr, L.rows, L.cols, L.gsize,
+      L.gpr, p.mode, stochastic, static_cast<uint64_t>(seed), c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "hf_ilp::fp4_quantize CUDA kernel failed: ", cudaGetErrorString(err));
   return finish(x_in, p);
 }
