@@ -187,7 +187,8 @@ def main():
         with Peak(args.device) as peak:
             start = time.perf_counter()
             check_learned(trained, tokenizer, rows, batch_size=batch, progress=False)
-            check[batch] = (time.perf_counter() - start, peak.beyond)
+            seconds = time.perf_counter() - start
+        check[batch] = (seconds, peak.beyond)  # read once the block has closed: the peak is known on exit
         print(f"(b) check_learned batch {batch}: {check[batch][0]:.1f} s, peak beyond the model {check[batch][1]:.2f} GiB")
 
     # (c) the generate protocol on the first rows, and the learn-check on the same rows
