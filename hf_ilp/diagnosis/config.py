@@ -152,6 +152,12 @@ class DiagnoserConfig:
                   "from where each first leaves it (greedy; report columns `ft_says` / `base_says` beside "
                   "`ft_expected` / `base_expected`); 0 leaves these texts out and saves the generation."},
     )
+    continuation_per_cause: int = field(
+        default=300,
+        metadata={"help": "Those texts are read for at most this many unlearned samples of each cause, the most "
+                  "confident first (what the HTML report and the cards show; reading one costs a forward pass "
+                  "of each model over the sample); 0 reads them for every unlearned sample."},
+    )
 
     # execution ---------------------------------------------------------------------------------
     batch_size: int = field(default=16, metadata={"help": "Rows per forward pass of the base and fine-tuned models."})
@@ -170,7 +176,7 @@ class DiagnoserConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"DiagnoserConfig.{name} must be positive, got {getattr(self, name)!r}")
         for name in ("calibration_rows", "min_known_rows", "fewshot_examples", "fewshot_check_rows",
-                     "continuation_tokens"):
+                     "continuation_tokens", "continuation_per_cause"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
                 raise ValueError(f"DiagnoserConfig.{name} must be a non-negative integer, got {getattr(self, name)!r}")
         for name in ("num_neighbors", "batch_size", "encoder_batch_size", "fewshot_max_tokens"):

@@ -135,11 +135,6 @@ class Diagnoser:
                             template_probe_coverage=coverage)
             scores["knowledge_conflict"], ev = knowledge_conflict_signal(base, cfg, probe_stats, belief_bar, elsewhere)
             evidence.update(ev)
-            if cfg.continuation_tokens:
-                t = time.perf_counter()
-                evidence.update(_what_they_say(model, base_model, tokenizer, sequences, base, cfg, pad))
-                timings["continuations_s"] = time.perf_counter() - t
-
             # data structure: near-duplicate prompts with other answers, template density
             t = time.perf_counter()
             index = PromptIndex(samples.prompts, cfg)
@@ -161,6 +156,19 @@ class Diagnoser:
             ratio = lengths[unlearned] / max(np.median(lengths), 1.0)
             scores["under_training"], ev = under_training_signal(rows, rank, ratio, cfg)
             evidence.update(ev)
+
+            # readable evidence: what the models say instead, for the samples a reader is shown
+            if cfg.continuation_tokens:
+                t = time.perf_counter()
+                shown = _shown_first([_unlearned_verdict(scores, evidence, k, cfg.min_score) for k in range(q)],
+                                     cfg.continuation_per_cause)
+                said = _what_they_say(model, base_model, tokenizer, [sequences[k] for k in shown],
+                                      {key: base[key][shown] for key in ("diverges_at", "other_diverges_at")}, cfg, pad)
+                evidence.update(_spread(said, shown, q))
+                if len(shown) < q:
+                    notes.append(f"what the models say instead: read for {len(shown)} of {q} unlearned samples, the "
+                                 f"{cfg.continuation_per_cause} most confident of each cause (continuation_per_cause)")
+                timings["continuations_s"] = time.perf_counter() - t
         else:
             belief_bar = None
         timings["encoder_s"] = encoder_s
@@ -267,9 +275,7 @@ class Diagnoser:
                    "prompt": samples.shown[i][0], "completion": samples.shown[i][1]}
             k = position.get(i)
             if k is not None:
-                s = {c: float(scores[c][k]) for c in CAUSES}
-                across_stages = not np.isnan(evidence["forgot_stage"][k])
-                row.update(_verdict(s, min_score, PRECEDENCE if across_stages else OBSERVATION_PRECEDENCE))
+                row.update(_unlearned_verdict(scores, evidence, k, min_score))
             for c in PRECEDENCE:
                 row[f"score_{c}"] = float(scores[c][k]) if k is not None else float("nan")
             for name in ev_names:
@@ -296,6 +302,41 @@ def diagnose(model, base_model, tokenizer, dataset, records, probes=None, config
     """Diagnose every unlearned sample of a fine-tuning run; see `Diagnoser.diagnose`."""
     return Diagnoser(config).diagnose(model, base_model, tokenizer, dataset, records, probes=probes,
                                       base_tokenizer=base_tokenizer)
+
+
+def _unlearned_verdict(scores, evidence, k, min_score) -> dict:
+    """The verdict of the k-th unlearned sample, in the precedence its kind of forgetting calls for."""
+    s = {c: float(scores[c][k]) for c in CAUSES}
+    across_stages = not np.isnan(evidence["forgot_stage"][k])
+    return _verdict(s, min_score, PRECEDENCE if across_stages else OBSERVATION_PRECEDENCE)
+
+
+def _shown_first(verdicts, per_cause) -> np.ndarray:
+    """Positions of the samples a reader is shown: the `per_cause` most confident of each verdict
+    (all where `per_cause` is 0), in their original order."""
+    if not per_cause:
+        return np.arange(len(verdicts))
+    by_cause = {}
+    for k, v in enumerate(verdicts):
+        by_cause.setdefault(v["cause"], []).append(k)
+    keep = [k for ks in by_cause.values()
+            for k in sorted(ks, key=lambda k: -verdicts[k]["confidence"])[:per_cause]]
+    return np.array(sorted(keep), dtype=np.int64)
+
+
+def _spread(said: dict, shown, q: int) -> dict:
+    """Columns over all q unlearned samples from those of the `shown` ones ('' / NaN elsewhere)."""
+    out = {}
+    for name, values in said.items():
+        if isinstance(values, list):
+            column = [""] * q
+            for k, value in zip(shown, values):
+                column[k] = value
+        else:
+            column = np.full(q, np.nan)
+            column[shown] = values
+        out[name] = column
+    return out
 
 
 def _verdict(scores: dict, min_score: float, order=PRECEDENCE) -> dict:

@@ -85,6 +85,15 @@ def test_the_report_shows_each_sample_as_text(fact_world, fact_records):
                      config=DiagnoserConfig(encoder="lexical", progress=False, continuation_tokens=0))
     assert plain.summary["ids"] == "content_hash" and plain.samples["row"] == list(range(len(train)))
     assert "ft_says" not in plain.samples.column_names and plain.counts == report.counts
+    # the texts are read for the most confident samples of each cause only, when asked to
+    capped = diagnose(fact_world["model"], fact_world["base"], fact_world["tokenizer"], train, fact_records,
+                      config=DiagnoserConfig(encoder="lexical", progress=False, continuation_per_cause=1))
+    said = [r for r in capped.samples if r["ft_says"]]
+    assert sorted(r["cause"] for r in said) == sorted(c for c in CAUSES + ("unexplained",) if capped.counts[c])
+    for r in said:  # the one read is the most confident of its cause, and reads as before
+        assert r["confidence"] == max(x["confidence"] for x in capped.samples if x["cause"] == r["cause"])
+        assert r["ft_says"] == rows[r["id"]]["ft_says"]
+    assert any("continuation_per_cause" in n for n in capped.summary["notes"])
 
 
 def _hashes(train, tokenizer):
