@@ -1,8 +1,12 @@
 """Half-S FP4 benchmark: (a) quantization error table, (b) end-to-end SFT on ILP-World,
-(c) kernel speed on a 64 MB tensor, (d) against torchao's MXFP4 and NVFP4 quantizers.
+(c) kernel speed on a 64 MB tensor, (d) against torchao's MXFP4 and NVFP4 quantizers,
+(e) pre-training from scratch, the loss gap of FP4 max and halfs to high precision over 3 seeds.
 
-    nice -n 10 python benchmarks/bench_fp4.py            # all four parts
-    nice -n 10 python benchmarks/bench_fp4.py --parts a c d --reps 7
+    nice -n 10 python benchmarks/bench_fp4.py            # parts a b c d
+    nice -n 10 python benchmarks/bench_fp4.py --parts a c d e --reps 7
+    python benchmarks/bench_fp4.py --device cuda         # on a GPU: (c) every mode x group on 1 GiB
+        # against copy, bf16 in/out, the reference and torchao eager / compiled; (t) one training
+        # step of a 0.27B Llama, bf16 vs FP4 max / halfs; (e) at GPU scale (benchmarks/fp4_gpu.py)
 
 Every comparison runs in this one process on the same tensors; times are medians over `--reps`
 interleaved repetitions; each part ends with its ratio lines and the target verdicts.
@@ -195,27 +199,54 @@ def part_d(reps: int) -> None:
     print(f"target: lower error than torchao's max-scaling on Student-t(3) -> {'MET' if heavy_ok else 'NOT MET'}")
 
 
+def part_e(device: str, seeds: list[int]) -> None:
+    """(e) the Half-S claim: pre-training from scratch, loss gap to high precision (fp4_pretrain.py)."""
+    import fp4_pretrain
+
+    print(f"\n== (e) pre-training from scratch on {device}: fp32 vs FP4 max vs FP4 halfs, seeds {seeds} ==", flush=True)
+    fp4_pretrain.run(fp4_pretrain.make_parser().parse_args(["--device", device, "--seeds", *map(str, seeds)]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cpu: parts a b c d (e on request); cuda: the GPU parts c t e (benchmarks/fp4_gpu.py)")
+    parser.add_argument("--parts", nargs="+", default=None, choices=["a", "b", "c", "d", "e", "t"],
+                        help="default: a b c d on the CPU, c t e on a GPU")
     parser.add_argument("--reps", type=int, default=7, help="timed repetitions of compiled kernels and clone")
     parser.add_argument("--ref-reps", type=int, default=3, help="timed repetitions of the PyTorch reference")
     parser.add_argument("--world", default="tiny", choices=["tiny", "small"])
     parser.add_argument("--epochs", type=float, default=15, help="SFT epochs of part (b) (the world's default is 3)")
     parser.add_argument("--seed", type=int, default=0, help="training seed of part (b)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of part (e)")
     args = parser.parse_args()
     import os
 
+    parts = args.parts or (["c", "t", "e"] if args.device == "cuda" else ["a", "b", "c", "d"])
     print(f"hf_ilp FP4 benchmark: torch {torch.__version__}, kernels {backends()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
-    if "a" in args.parts:
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is visible to torch")
+        import fp4_gpu
+
+        if "c" in parts:
+            fp4_gpu.part_kernels(args.reps)
+        if "t" in parts:
+            fp4_gpu.part_step(args.reps)
+        if "e" in parts:
+            part_e("cuda", args.seeds)
+        return
+    if "a" in parts:
         part_a()
-    if "c" in args.parts:
+    if "c" in parts:
         part_c(args.reps, args.ref_reps)
-    if "d" in args.parts:
+    if "d" in parts:
         part_d(args.reps)
-    if "b" in args.parts:
+    if "b" in parts:
         part_b(args.world, args.epochs, args.seed)
+    if "e" in parts:
+        part_e("cpu", args.seeds)
 
 
 if __name__ == "__main__":
