@@ -79,7 +79,11 @@ def _download_card(api, path: Path, repo_id: str, repo_type: str, revision: str 
         return api.hf_hub_download(repo_id, "README.md", repo_type=repo_type, revision=revision)
     except GatedRepoError:  # the repo exists; huggingface_hub's message says how to get access
         raise
-    except (RepositoryNotFoundError, HFValidationError, LocalEntryNotFoundError) as exc:
+    except (RepositoryNotFoundError, HFValidationError, LocalEntryNotFoundError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "client has been closed" not in str(exc):
+            raise
+        # (huggingface_hub 1.3 closes its HTTP client on a connection error, then retries with it:
+        # an unreachable Hub ends in that RuntimeError there)
         if isinstance(exc, RepositoryNotFoundError):
             why = "no such repo on the Hub"
         elif isinstance(exc, HFValidationError):
