@@ -92,7 +92,7 @@ def quantize_fp4(
 
     Args:
         x: floating-point CPU or CUDA tensor, any strides (computed in float32, returned in x's
-            dtype, contiguous).
+            dtype, contiguous; the CPU kernel reads and writes bfloat16 and float16 as they are).
         mode: "max" (amax/6), "half" (amax/12), "halfs" (half with the MSE-clip fallback), "mse".
         group_size: block size along the last dim (e.g. 16 or 32), -1 for rows, 0 for the tensor.
         stochastic: stochastic rounding (unbiased; for gradients) instead of round-to-nearest-even.

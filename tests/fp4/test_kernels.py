@@ -14,9 +14,9 @@ from hf_ilp.fp4.reference import MODES, fp4_quantize_reference
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
-    """Bit pattern of a float32/uint8 tensor, for bitwise comparisons (NaN == NaN)."""
+    """Bit pattern of a float or uint8 tensor, for bitwise comparisons (NaN == NaN)."""
     t = t.contiguous().reshape(-1)
-    return t if t.dtype == torch.uint8 else t.view(torch.int32)
+    return t if t.dtype == torch.uint8 else t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
 
 GROUPS = (16, 32, -1, 0, 7)
 SPECIALS = (0.0, -0.0, float("nan"), float("inf"), float("-inf"), 1e-45, -3e-42, 1e-39, 3.4e38)
@@ -73,6 +73,65 @@ def test_other_dtypes_round_trip_through_float32(fp4_backends, dtype):
     got = quantize_fp4(x, "halfs", 32)[0]
     want = fp4_quantize_reference(x, "halfs", 32)[0]
     assert got.dtype == dtype and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", MODES)
+def test_half_precision_tensors_equal_the_reference(fp4_backends, dtype, mode):
+    """The CPU kernel reads and writes bfloat16 and float16 as they are (no float32 copies); the
+    reference computes in float32 and casts back. Equal bitwise, but for NaN payloads."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(6, 97, generator=gen) / torch.rand(6, 97, generator=gen)).to(dtype)  # heavy tails
+    tiny = 1e-40 if dtype == torch.bfloat16 else 1e-7  # subnormal
+    x[0, :7] = torch.tensor([0.0, -0.0, float("nan"), float("inf"), -float("inf"), tiny, -60000.0])
+    x[1, :16] = 0.0  # an all-zero block
+    for t in (x, x[:, 1::2], x.t()):
+        for group in (16, 32, -1, 0, 7):
+            for stochastic in (False, True):
+                seed = int(torch.randint(0, 2**31, (), generator=gen))
+                got = quantize_fp4(t, mode, group, stochastic, seed, return_codes=True)
+                want = fp4_quantize_reference(t, mode, group, stochastic, seed, return_codes=True)
+                nan = torch.isnan(want[0])
+                assert got[0].dtype == dtype and torch.equal(torch.isnan(got[0]), nan)
+                assert torch.equal(bits(got[0][~nan]), bits(want[0][~nan])), (group, stochastic)
+                assert torch.equal(got[1], want[1]) and torch.equal(bits(got[2]), bits(want[2]))
+
+
+@pytest.mark.parametrize("group", [16, 32])
+@pytest.mark.parametrize("mode", ["halfs", "mse"])
+def test_blocks_decided_with_and_without_estimates_equal_the_reference(fp4_backends, mode, group):
+    """The CPU kernel decides most blocks of 16 and 32 from float32 estimates of the candidate
+    errors; near ties (in halfs, s_half and the r = 1/2 clip are often one float apart), exact ties
+    (values on the grid), tiny and huge blocks go to the float64 sums. Every pick is the reference's."""
+    gen = torch.Generator().manual_seed(1)
+    normal = torch.randn(2048, group, generator=gen)
+    on_grid = torch.randint(-12, 13, (512, group), generator=gen) / 2.0
+    x = torch.cat([normal, on_grid, normal[:64] * 1e-30, normal[:64] * 1e25])
+    got = quantize_fp4(x, mode, group, return_codes=True)
+    want = fp4_quantize_reference(x, mode, group, return_codes=True)
+    for g, w in zip(got, want):
+        assert torch.equal(bits(g), bits(w))
+
+
+def test_results_do_not_depend_on_the_number_of_threads(fp4_backends):
+    """Few large groups are summed in parallel chunks, many groups are split among threads: the
+    sums are chunked alike either way, so any thread count gives the same bits (and the reference's)."""
+    gen = torch.Generator().manual_seed(2)
+    cases = [(torch.randn(6, 32, generator=gen), 32), (torch.randn(64, 256, generator=gen), 16),
+             (torch.randn(4, 70001, generator=gen), -1), (torch.randn(150001, generator=gen), 0)]
+    threads = torch.get_num_threads()
+    try:
+        for x, group in cases:
+            for mode in MODES:
+                runs = []
+                for n in (1, 2, 3):
+                    torch.set_num_threads(n)
+                    runs.append(quantize_fp4(x, mode, group, return_codes=True))
+                want = fp4_quantize_reference(x, mode, group, return_codes=True)
+                for run in runs:
+                    assert all(torch.equal(bits(g), bits(w)) for g, w in zip(run, want)), (x.shape, mode)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_round_to_nearest_even_on_the_e2m1_grid(fp4_backends):
