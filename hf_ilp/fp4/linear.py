@@ -16,6 +16,11 @@ dL/dx = G Q(W) and dL/dW = G^T Q(x); the quantizers themselves pass gradients st
 Simplification (ours): the backward GEMMs reuse the forward-quantized operands and G's groups
 run along the output dim for both GEMMs (hardware FP4 GEMMs would requantize along each GEMM's
 contraction dim).
+
+Precision: the GEMMs run in the autocast dtype where `torch.autocast` is on (x and W are cast to
+it, then quantized), else in x's dtype; Q(W) is kept for the backward pass in that dtype, and the
+gradients of x, W and b come back in their own dtypes (float32 master weights under bf16 or fp16
+autocast get float32 gradients; the bias gradient is summed in the bias' dtype).
 """
 
 from __future__ import annotations
@@ -32,31 +37,55 @@ from hf_ilp.fp4.ops import quantize_fp4
 logger = logging.getLogger(__name__)
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the GEMMs run in: the autocast dtype of x's device where autocast is on (and
+    would cast x, as it casts any floating tensor but float64), else x's own dtype."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.dtype != torch.float64:
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+def _quantize_as(t: torch.Tensor, dtype: torch.dtype, enabled: bool, mode: str, group_size: int,
+                 stochastic: bool = False, seed: int = 0) -> torch.Tensor:
+    """`t` in `dtype`, FP4 quantize-dequantized if `enabled`. The cast comes first: the op reads and
+    writes bfloat16 and float16 as they are, so a bfloat16 `t` takes one pass over memory."""
+    t = t.to(dtype)
+    return quantize_fp4(t, mode, group_size, stochastic, seed)[0] if enabled else t
+
+
 class _FP4LinearFunction(torch.autograd.Function):
+    """y = Q(x) Q(W)^T + b in `dtype`; gradients come back in the dtypes of x, W and b (float32
+    master weights under autocast get float32 gradients). Autocast is off inside, so every GEMM
+    runs in `dtype` whatever the autocast state of the backward pass."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias, config: HalfSConfig, seed: int):
-        xq = quantize_fp4(x, config.mode, config.group_size)[0] if config.quantize_activations else x
-        wq = quantize_fp4(weight, config.mode, config.group_size)[0] if config.quantize_weights else weight
-        wq = wq.to(xq.dtype)
+    def forward(ctx, x, weight, bias, config: HalfSConfig, seed: int, dtype: torch.dtype):
+        c = config
+        xq = _quantize_as(x, dtype, c.quantize_activations, c.mode, c.group_size)
+        wq = _quantize_as(weight, dtype, c.quantize_weights, c.mode, c.group_size)
         ctx.save_for_backward(xq, wq)
-        ctx.config, ctx.seed, ctx.has_bias = config, seed, bias is not None
-        return nn.functional.linear(xq, wq, None if bias is None else bias.to(xq.dtype))
+        ctx.config, ctx.seed = config, seed
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            return nn.functional.linear(xq, wq, None if bias is None else bias.to(dtype))
 
     @staticmethod
     def backward(ctx, grad_out):
         xq, wq = ctx.saved_tensors
-        cfg = ctx.config
-        g = grad_out
-        if cfg.quantize_gradients:
-            g = quantize_fp4(g, cfg.grad_mode, cfg.group_size, cfg.stochastic_gradients, ctx.seed)[0]
+        c = ctx.config
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        g = _quantize_as(grad_out, wq.dtype, c.quantize_gradients, c.grad_mode, c.group_size,
+                         c.stochastic_gradients, ctx.seed)
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = g @ wq
-        if ctx.needs_input_grad[1]:
-            grad_w = (g.reshape(-1, g.shape[-1]).t() @ xq.reshape(-1, xq.shape[-1])).to(wq.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
-        return grad_x, grad_w, grad_b, None, None
+        with torch.autocast(g.device.type, enabled=False):
+            if ctx.needs_input_grad[0]:
+                grad_x = (g @ wq).to(x_dtype)
+            if ctx.needs_input_grad[1]:
+                grad_w = (g.reshape(-1, g.shape[-1]).t() @ xq.reshape(-1, xq.shape[-1])).to(w_dtype)
+            if b_dtype is not None and ctx.needs_input_grad[2]:
+                grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0, dtype=b_dtype)
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 class FP4Linear(nn.Linear):
@@ -86,7 +115,7 @@ class FP4Linear(nn.Linear):
         # A fresh stochastic-rounding stream per layer and call (a pure function of the seed).
         seed = ((self.config.seed << 40) ^ (self.layer_id << 28) ^ self._calls) & (2**63 - 1)
         self._calls += 1
-        return _FP4LinearFunction.apply(x, self.weight, self.bias, self.config, seed)
+        return _FP4LinearFunction.apply(x, self.weight, self.bias, self.config, seed, _compute_dtype(x))
 
     def extra_repr(self) -> str:
         c = self.config

@@ -3,7 +3,9 @@ right before the Trainer builds its `Accelerator` (so before any `accelerator.pr
 
 accelerate has no plug-in point for a new precision (its `mixed_precision` knows no/fp16/bf16/
 fp8), so, like torchao's float8 training, the linears are swapped before `prepare`; keep
-`mixed_precision` (`bf16=True` on GPUs) as it is around the fake-quantized linears.
+`mixed_precision` as it is (`bf16=True`, on GPUs and CPUs alike): under its autocast the
+fake-quantized linears run their GEMMs in bf16 (or fp16) and the float32 master weights get
+float32 gradients.
 
     from trl import SFTTrainer
     from hf_ilp import HalfSConfig, HalfSFP4TrainerMixin
