@@ -78,8 +78,10 @@ HF_ILP_HD float rne_magnitude(float y) {
 }
 
 // Counter-based 32-bit hash (a lowbias32 finalizer); multiplications split in 16-bit halves so
-// the reference can run it in int64 without overflow. Results are identical.
-HF_ILP_HD uint32_t mix32(uint32_t x) {
+// the reference can run it in int64 without overflow. Results are identical. `U` is uint32_t or
+// a vector of them (the CPU kernel hashes a whole vector of element indices at once).
+template <typename U>
+HF_ILP_HD U mix32(U x) {
   x ^= x >> 16;
   x *= 0x7feb352dU;
   x ^= x >> 15;

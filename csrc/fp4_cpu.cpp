@@ -590,15 +590,7 @@ HF_ILP_FP4_INLINE VF sr_uniforms(uint64_t seed, int64_t index) {
   const VU lo = static_cast<uint32_t>(idx) + iota<VU>(0);
   const VU hi = static_cast<uint32_t>(idx >> 32) + (lo < static_cast<uint32_t>(idx) ? 1u : 0u);
   const VU k = static_cast<uint32_t>(seed >> 32) ^ (hi * 0x9e3779b9u);
-  auto mix = [](VU v) {
-    v ^= v >> 16;
-    v *= 0x7feb352du;
-    v ^= v >> 15;
-    v *= 0x846ca68bu;
-    v ^= v >> 16;
-    return v;
-  };
-  const VU h = mix(mix(lo ^ static_cast<uint32_t>(seed)) ^ k);
+  const VU h = mix32(mix32(lo ^ static_cast<uint32_t>(seed)) ^ k);
   return __builtin_convertvector(__builtin_convertvector(h >> 8, VI), VF) * 5.9604644775390625e-08f;
 }
 
