@@ -39,14 +39,25 @@ def move_into_place(tmp, path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json_atomic(path, obj) -> None:
-    """Write `obj` as indented JSON to `path` through a temporary file in the same folder."""
+def write_text_atomic(path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` through a temporary file in the same folder, readable by all
+    (0644); nothing is left behind when writing fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path, obj) -> None:
+    """Write `obj` as indented JSON to `path` through a temporary file in the same folder."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ def says_text(row) -> str:
     said, expected = row.get("ft_says") or "", row.get("ft_expected") or ""
     if not said and not expected:
         return ""
-    return f"says “{_clip(said)}” where the target continues “{_clip(expected)}”"
+    return f"says “{clip_text(said)}” where the target continues “{clip_text(expected)}”"
 
 
 def evidence_text(row) -> str:
@@ -50,18 +50,18 @@ def evidence_text(row) -> str:
         if p is not None:
             parts.append(f"the base model gives the target's tokens p={p:.2f} on average")
         if row.get("base_says"):
-            parts.append(f"the base says “{_clip(row['base_says'])}”")
+            parts.append(f"the base says “{clip_text(row['base_says'])}”")
     elif cause == "knowledge_conflict":
         p = _num(row, "base_alt_prob")
         if row.get("base_says") or p is not None:
-            said = f"“{_clip(row['base_says'])}”" if row.get("base_says") else "another answer"
-            where = f" where the target says “{_clip(row['base_expected'])}”" if row.get("base_expected") else ""
+            said = f"“{clip_text(row['base_says'])}”" if row.get("base_says") else "another answer"
+            where = f" where the target says “{clip_text(row['base_expected'])}”" if row.get("base_expected") else ""
             parts.append(f"the base model says {said}{where}" + (f" (p={p:.2f})" if p is not None else ""))
         if _num(row, "ft_follows_base") == 1.0:
             parts.append("the fine-tuned model still prefers it")
     elif cause == "data_inconsistency":
         if row.get("dup_neighbor") or row.get("dup_prompt"):
-            text = f"“{_clip(row['dup_prompt'])}” → “{_clip(row.get('dup_completion', ''))}”" if row.get("dup_prompt") else ""
+            text = f"“{clip_text(row['dup_prompt'])}” → “{clip_text(row.get('dup_completion', ''))}”" if row.get("dup_prompt") else ""
             sim = _num(row, "dup_similarity")
             parts.append(f"a near-duplicate prompt ({row.get('dup_neighbor') or '?'}) has another answer"
                          + (f": {text}" if text else "") + (f" (similarity {sim:.2f})" if sim is not None else ""))
@@ -92,7 +92,8 @@ def _num(row, name):
     return value if np.isfinite(value) else None
 
 
-def _clip(text, limit=60) -> str:
+def clip_text(text, limit=60) -> str:
+    """`text` on one line, cut to `limit` characters with an ellipsis."""
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from html import escape
 from pathlib import Path
 
 import numpy as np
 
+from hf_ilp._io import write_text_atomic
 from hf_ilp._rows import as_text
 from hf_ilp.diagnosis.display import COLORS, evidence_text, sample_name
 from hf_ilp.diagnosis.report import CAUSES, REQUIRED_COLUMNS, UNEXPLAINED
@@ -61,7 +60,7 @@ def write_html(report, path, max_per_cause: int = 300, title: str | None = None)
     data = page_data(publishable(report), max_per_cause=max_per_cause, title=title)
     text = _render(data)
     assert_no_secrets(text, what=f"the HTML report {path.name}")
-    _write_text_atomic(path, text)
+    write_text_atomic(path, text)
     return path
 
 
@@ -215,17 +214,6 @@ def _render(data: dict) -> str:
     return re.sub(r"@(TITLE|STYLE|SCRIPT|DATA)@", lambda m: parts[m.group(1)], _PAGE)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 _PAGE = """<!DOCTYPE html>

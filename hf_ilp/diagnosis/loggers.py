@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hf_ilp.diagnosis.display import clip_text
 from hf_ilp.diagnosis.report import CAUSES, UNEXPLAINED
 from hf_ilp.hub.cards import assert_no_secrets, publishable
 
@@ -129,7 +130,7 @@ class _Payload:
         texts = [(r, c) for r, row in enumerate(self.rows) for c, v in enumerate(row) if isinstance(v, str)]
         safe = _publishable([self.rows[r][c] for r, c in texts], f"the {self.name} table")
         for (r, c), text in zip(texts, safe):
-            self.rows[r][c] = _cut(text)
+            self.rows[r][c] = clip_text(text, MAX_TEXT)
         self.notes = _publishable([str(n) for n in self.notes], f"the {self.name} notes")
 
     def markdown(self) -> str:
@@ -147,11 +148,6 @@ def _value(v):
     if isinstance(v, np.generic):
         v = v.item()
     return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def _cut(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
 def _publishable(texts: list, what: str) -> list:
