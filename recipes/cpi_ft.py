@@ -42,6 +42,9 @@ class CPIFTScriptArguments(ScriptArguments):
     )
     world_size: str = field(default="tiny", metadata={"help": "Multi-task world size when no dataset is given."})
     world_seed: int = field(default=0, metadata={"help": "Multi-task world seed when no dataset is given."})
+    world_version: int = field(
+        default=2, metadata={"help": "Multi-task world version when no dataset is given: 2 (four skills, the default) or 1 (one input format)."}
+    )
 
 
 def _log(msg: str) -> None:
@@ -105,7 +108,7 @@ def main(script_args: CPIFTScriptArguments, training_args: CPIFTConfig, model_ar
         from hf_ilp.world import build_multitask_world
 
         _log(f"multi-task world '{script_args.world_size}' (seed {script_args.world_seed})")
-        world = build_multitask_world(script_args.world_size, seed=script_args.world_seed)
+        world = build_multitask_world(script_args.world_size, seed=script_args.world_seed, version=script_args.world_version)
         base, tokenizer, train, tasks = world.base_model_path, world.tokenizer, world.train, world.tasks
     else:
         if model_args.model_name_or_path is None:

@@ -1,40 +1,50 @@
-"""The multi-task world: small tasks that interfere with each other (the seesaw), offline.
+"""The multi-task world: small tasks that compete for a tiny model's parameters, offline.
 
-Every task reads the same input format, a task word then a short list of made-up symbols then
-``=``, and writes a list of symbols; the tasks differ only in the mapping, so they compete for the
-same parameters::
+Version 2 (the default) has four genuinely different skills, each behind its own instruction::
+
+    prompt: "partner ka mo ti ="   completion: " lu fe zo"            relation lookup: each symbol's
+                                                                      partner in the world's fixed relation
+    prompt: "reverse ka mo ti ="   completion: " ti mo ka"            list transformation
+    prompt: "add 3 : 8 5 9 ="      completion: " 1 8 2"               arithmetic: add k to each digit mod 10
+    prompt: "format ka mo ti ="    completion: " ( ka , mo , ti )"    formatting
+
+The base is a tiny `LlamaForCausalLM` pre-trained here on untagged copies (``ka mo ti = ka mo ti``),
+symbol lists, digit runs (``3 4 5 6``) and key-value lists: it knows the symbols, the digits'
+order and how to attend back to its input, but none of the tasks (0.0 on each).
+
+Measured on the small world with its default `sft_config` (30 epochs, lr 3e-3, batch 16, seeds
+0, 1 and 2): every task trained alone reaches 1.0 exact match on held-out inputs; trained one
+after another, every earlier task falls from 1.0 to 0.0 (forgetting 1.0 on each seed); all four
+mixed at the same number of optimizer steps as one task alone leave `add` near 0 (a loss of
+0.88-1.0 against training it alone: the seesaw), and mixed with the same epochs (four times the
+steps) `add` still stays at 0.14 on seed 0 while the other three reach 1.0 (on seed 1 all
+four reach 1.0). The tiny version-2 world (12 symbols, 128 rows a task) is for tests and is not
+calibrated.
+
+Version 1 (``version=1``) keeps the earlier design for its tests: every task reads the same input
+format and writes a list, so the tasks conflict rather than compete::
 
     prompt: "copy ka mo ti ="     completion: " ka mo ti"
     prompt: "reverse ka mo ti ="  completion: " ti mo ka"
     prompt: "shift ka mo ti ="    completion: " mo ti lu"   (each symbol's successor in a fixed cycle)
     prompt: "swap ka mo ti ="     completion: " mo ka ti"   (small size only)
 
-Training on one task pulls the shared weights towards its mapping and away from the others'
-(sequentially: the later task overwrites the earlier; mixed: the tasks trade accuracy), which is
-what parameter isolation (EPI, CPI-FT) is meant to reduce. The base is a tiny `LlamaForCausalLM`
-pre-trained here on an untagged copy format (``ka mo ti = ka mo ti``) and on plain symbol lists,
-so it knows the symbols and how to attend back to them, but none of the tasks.
+Measured on the version-1 tiny world (seed 0, 12 epochs, lr 3e-3): each task alone is learned to
+1.0; trained one after another, every earlier task falls to 0.0; all three shuffled together
+reach 1.0 each. The version-1 small world adds `swap` and lists of four; `reverse` is not learned
+there even alone.
 
-    >>> world = build_multitask_world("tiny", seed=0)
+    >>> world = build_multitask_world("small", seed=0)
     >>> world.tasks
-    ['copy', 'reverse', 'shift']
-    >>> model = world.load_base_model()
-    >>> world.evaluate(model)              # exact greedy reproduction per task
-    {'copy': 0.3, 'reverse': 0.0, 'shift': 0.0}
-
-Measured on the tiny world (seed 0, the default `sft_config`: 12 epochs, lr 3e-3): each task alone
-is learned to 1.0 on validation; trained one after another, every earlier task falls to 0.0 by
-the end (complete forgetting); all three shuffled together reach 1.0 each. The small world (seed 0, same budget) adds `swap` and
-lists of four: `copy` and `shift` are learned (1.0), `swap` alone reaches 0.61, `reverse` is not
-learned even alone (0.0), and mixed training leaves `reverse` and `swap` near 0.02-0.05, so its
-mixed scores measure difficulty as much as interference; sequentially, every earlier task is
-forgotten (1.0 -> 0.0) as in the tiny world.
+    ['partner', 'reverse', 'add', 'format']
+    >>> world.evaluate(world.load_base_model())     # exact greedy reproduction per task
+    {'add': 0.0, 'format': 0.0, 'partner': 0.0, 'reverse': 0.0}
 
 ``train``/``validation`` have columns ``id``, ``prompt``, ``completion``, ``task`` and ``stage``
 (the task's position in ``tasks``; ``hf_ilp.training.train_stages`` trains the tasks one after
-another by it, a plain ``SFTTrainer`` mixes them). Validation inputs never occur in train.
+another by it, a plain ``SFTTrainer`` mixes them). Validation prompts never occur in train.
 Everything is deterministic by ``seed`` and cached on disk under ``$HF_ILP_CACHE`` (default
-``~/.cache/hf_ilp``) keyed by size, seed and ``VERSION``.
+``~/.cache/hf_ilp``) keyed by version, size, seed and ``VERSION`` (the layout on disk).
 """
 
 from __future__ import annotations
@@ -60,6 +70,20 @@ _SIZES = {
         hidden_size=128, num_hidden_layers=3, num_attention_heads=4, pretrain_texts=4000, pretrain_epochs=6,
     ),
 }
+
+# Version 2: four different skills, each behind its own instruction (see the module docstring).
+_SIZES_V2 = {
+    "tiny": dict(
+        tasks=("partner", "reverse", "add", "format"), n_symbols=12, length=3, train_per_task=128, val_per_task=32,
+        hidden_size=48, num_hidden_layers=2, num_attention_heads=4, pretrain_texts=1200, pretrain_epochs=6,
+    ),
+    "small": dict(
+        tasks=("partner", "reverse", "add", "format"), n_symbols=16, length=3, train_per_task=1024, val_per_task=64,
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, pretrain_texts=3000, pretrain_epochs=6, epochs=30,
+    ),
+}
+_DIGITS = [str(d) for d in range(10)]
+_PUNCT = [":", "(", ",", ")"]
 
 _SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
 
@@ -87,6 +111,7 @@ class MultiTaskWorld:
     path: Path
     size: str
     seed: int
+    version: int = 1
 
     def __post_init__(self):
         from datasets import load_from_disk
@@ -113,8 +138,10 @@ class MultiTaskWorld:
 
         from hf_ilp.training import no_activation_checkpointing
 
+        spec = (_SIZES if self.version == 1 else _SIZES_V2)[self.size]
         kwargs = dict(
-            output_dir=str(output_dir), num_train_epochs=12, per_device_train_batch_size=16, learning_rate=3e-3,
+            output_dir=str(output_dir), num_train_epochs=spec.get("epochs", 12), per_device_train_batch_size=16,
+            learning_rate=spec.get("learning_rate", 3e-3),
             lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.01, logging_steps=10, save_strategy="no",
             report_to="none", seed=self.seed, max_length=32, bf16=False,
             use_cpu=not torch.cuda.is_available(), disable_tqdm=True, **no_activation_checkpointing(),
@@ -196,7 +223,64 @@ def _rows_and_corpus(size: str, seed: int):
     return rows, corpus, tasks, symbols
 
 
-def _build(path: Path, size: str, seed: int) -> None:
+def _task_v2(task: str, rng: random.Random, symbols: list[str], partner: dict[str, str], length: int) -> tuple[str, str]:
+    """One (prompt, completion) of a version-2 task, drawn with `rng`."""
+    if task == "partner":  # relation lookup: each symbol's partner in a fixed relation of the world
+        xs = rng.sample(symbols, length)
+        return f"partner {' '.join(xs)} =", " " + " ".join(partner[x] for x in xs)
+    if task == "reverse":  # list transformation
+        xs = rng.sample(symbols, length)
+        return f"reverse {' '.join(xs)} =", " " + " ".join(xs[::-1])
+    if task == "add":  # arithmetic composition: add k to every digit, modulo 10
+        k = rng.randint(1, 9)
+        ds = [rng.choice(_DIGITS) for _ in range(length)]
+        return f"add {k} : {' '.join(ds)} =", " " + " ".join(str((int(d) + k) % 10) for d in ds)
+    if task == "format":  # formatting: the list as a parenthesized, comma-separated tuple
+        xs = rng.sample(symbols, length)
+        return f"format {' '.join(xs)} =", " ( " + " , ".join(xs) + " )"
+    raise ValueError(f"unknown task {task!r}")
+
+
+def _rows_and_corpus_v2(size: str, seed: int):
+    """Version 2's data, deterministic by (size, seed): split rows, pre-training texts, tasks, vocabulary."""
+    spec = _SIZES_V2[size]
+    rng = random.Random(seed)
+    symbols = rng.sample(_SYLLABLES, spec["n_symbols"])
+    shuffled = rng.sample(symbols, len(symbols))
+    partner = {a: shuffled[(i + 1) % len(shuffled)] for i, a in enumerate(shuffled)}  # no symbol is its own
+    tasks, length = list(spec["tasks"]), spec["length"]
+    rows = {"train": [], "validation": []}
+    for t_i, task in enumerate(tasks):
+        seen: dict[str, str] = {}
+        while len(seen) < spec["train_per_task"] + spec["val_per_task"]:
+            prompt, completion = _task_v2(task, rng, symbols, partner, length)
+            seen.setdefault(prompt, completion)
+        prompts = sorted(seen)
+        rng.shuffle(prompts)
+        for split, chunk in (("train", prompts[: spec["train_per_task"]]), ("validation", prompts[spec["train_per_task"] :])):
+            rows[split] += [{"id": f"{task}-{split[:3]}-{k}", "prompt": p, "completion": seen[p], "task": task, "stage": t_i}
+                            for k, p in enumerate(chunk)]
+    for split in rows:
+        rng.shuffle(rows[split])
+
+    # pre-training: untagged copies, symbol lists, digit runs and key-value lists; none of the tasks
+    corpus = []
+    for i in range(spec["pretrain_texts"]):
+        kind = i % 4
+        if kind == 0:
+            xs = rng.sample(symbols, length)
+            corpus.append(" ".join(xs) + " = " + " ".join(xs))
+        elif kind == 1:
+            corpus.append(" ".join(rng.choice(symbols) for _ in range(rng.randint(2, 2 * length))))
+        elif kind == 2:
+            start = rng.randrange(10)
+            corpus.append(" ".join(str((start + j) % 10) for j in range(rng.randint(3, 8))))
+        else:
+            corpus.append(" ".join(f"{k} {rng.choice(_DIGITS)}" for k in rng.sample(symbols, length)))
+    return rows, corpus, tasks, symbols + _DIGITS + _PUNCT
+
+
+def _build(path: Path, size: str, seed: int, version: int = 1) -> None:
     import torch
     from datasets import Dataset
     from transformers import LlamaForCausalLM
@@ -204,8 +288,8 @@ def _build(path: Path, size: str, seed: int) -> None:
     from hf_ilp.world.model import pretrain, tiny_llama_config
     from hf_ilp.world.tokenizer import build_word_tokenizer
 
-    spec = _SIZES[size]
-    rows, corpus, tasks, symbols = _rows_and_corpus(size, seed)
+    spec = (_SIZES if version == 1 else _SIZES_V2)[size]
+    rows, corpus, tasks, symbols = (_rows_and_corpus if version == 1 else _rows_and_corpus_v2)(size, seed)
     for split, split_rows in rows.items():
         Dataset.from_list(split_rows).save_to_disk(str(path / split))
 
@@ -219,20 +303,25 @@ def _build(path: Path, size: str, seed: int) -> None:
     losses = pretrain(model, tokenizer, corpus, epochs=spec["pretrain_epochs"], batch_size=32, seed=seed)
     model.save_pretrained(path / "base_model")
     tokenizer.save_pretrained(path / "base_model")
-    meta = {"version": VERSION, "size": size, "seed": seed, "tasks": tasks, "symbols": symbols,
+    meta = {"version": VERSION, "design": version, "size": size, "seed": seed, "tasks": tasks, "symbols": symbols,
             "pretrain_loss": losses, "n_parameters": sum(p.numel() for p in model.parameters())}
     (path / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
-def build_multitask_world(size: str = "tiny", seed: int = 0, cache_dir=None, rebuild: bool = False) -> MultiTaskWorld:
-    """Build (or load from the cache) the multi-task world of `size` ('tiny' or 'small') for `seed`."""
+def build_multitask_world(
+    size: str = "tiny", seed: int = 0, cache_dir=None, rebuild: bool = False, version: int = 2
+) -> MultiTaskWorld:
+    """Build (or load from the cache) the multi-task world `version` (1 or 2) of `size` ('tiny' or 'small') for `seed`."""
+    if version not in (1, 2):
+        raise ValueError(f"version must be 1 (one input format, conflicting mappings) or 2 (four skills), got {version!r}")
     if size not in _SIZES:
         raise ValueError(f"size must be one of {sorted(_SIZES)}, got {size!r}")
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    path = Path(cache_dir or _default_cache()) / f"multitask-{size}-seed{seed}-v{VERSION}"
+    name = "multitask" if version == 1 else "multitask2"
+    path = Path(cache_dir or _default_cache()) / f"{name}-{size}-seed{seed}-v{VERSION}"
     with main_process_first() as is_main:  # rank 0 builds, the other ranks of a launch load
         if (rebuild and is_main) or not (path / "meta.json").exists():
             with atomic_dir(path) as tmp:
-                _build(tmp, size, seed)
-    return MultiTaskWorld(path=path, size=size, seed=seed)
+                _build(tmp, size, seed, version)
+    return MultiTaskWorld(path=path, size=size, seed=seed, version=version)

@@ -22,7 +22,7 @@ def test_recipe_runs_on_the_multitask_world(tmp_path, monkeypatch):
          "--bf16", "false", "--gradient_checkpointing", "false", "--disable_tqdm", "true"]
     )
     summary = recipe.main(script_args, training_args, model_args)
-    assert set(summary["accuracy"]) == {"copy", "reverse", "shift"}
+    assert set(summary["accuracy"]) == {"partner", "reverse", "add", "format"}
     saved = json.loads((tmp_path / "out" / "cpi_ft_summary.json").read_text())
     assert saved["groups"] == summary["groups"]
     assert (tmp_path / "out" / "final_model" / "config.json").exists()

@@ -12,7 +12,7 @@ from hf_ilp.world import build_multitask_world
 
 cache, out = Path(sys.argv[1]), Path(sys.argv[2])
 torch.set_num_threads(1)
-world = build_multitask_world("tiny", seed=0, cache_dir=cache)
+world = build_multitask_world("tiny", seed=0, cache_dir=cache, version=1)
 epi = EvolvingIsolationCallback(isolation_ratio=0.1, isolation_interval=2)
 args = world.sft_config(out / "run", max_steps=6, per_device_train_batch_size=8, weight_decay=0.1, logging_steps=2)
 trainer = SFTTrainer(model=world.load_base_model(), args=args, train_dataset=world.train.select(range(96)),

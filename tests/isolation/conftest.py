@@ -11,7 +11,7 @@ def mt_world(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared CPU
     try:
-        return build_multitask_world("tiny", seed=0, cache_dir=tmp_path_factory.mktemp("multitask"))
+        return build_multitask_world("tiny", seed=0, cache_dir=tmp_path_factory.mktemp("multitask"), version=1)
     finally:
         torch.set_num_threads(threads)
 

@@ -26,7 +26,7 @@ def test_world_contents(mt_world):
     assert mt_world.tasks == ["copy", "reverse", "shift"]
     assert set(mt_world.train.column_names) >= {"id", "prompt", "completion", "task", "stage"}
     assert len(mt_world.train) == 3 * 96 and len(mt_world.validation) == 3 * 32
-    again = build_multitask_world("tiny", seed=0, cache_dir=mt_world.path.parent)  # from the cache
+    again = build_multitask_world("tiny", seed=0, cache_dir=mt_world.path.parent, version=1)  # from the cache
     assert again.train["id"] == mt_world.train["id"]
     with pytest.raises(ValueError, match="size"):
         build_multitask_world("huge")
@@ -56,3 +56,43 @@ def test_sequential_training_shows_interference(mt_world, tmp_path):
     assert after_stage[0]["copy"] >= 0.8, after_stage  # learned in its own stage
     assert after_stage[1]["copy"] <= after_stage[0]["copy"] - 0.5, after_stage  # then mostly forgotten
     assert after_stage[1]["reverse_nll"] <= after_stage[0]["reverse_nll"] / 4, after_stage  # while reverse was learned
+
+
+def test_version_2_rows_follow_each_skill_and_splits_are_disjoint():
+    from hf_ilp.world.multitask import _rows_and_corpus_v2
+
+    rows, corpus, tasks, vocab = _rows_and_corpus_v2("small", 5)
+    again, corpus_again, _, _ = _rows_and_corpus_v2("small", 5)
+    assert (rows, corpus) == (again, corpus_again) and rows != _rows_and_corpus_v2("small", 6)[0]
+    assert tasks == ["partner", "reverse", "add", "format"]
+    assert not {r["prompt"] for r in rows["train"]} & {r["prompt"] for r in rows["validation"]}
+    partner = {}
+    for row in rows["train"] + rows["validation"]:
+        words, out = row["prompt"].split(), row["completion"].split()
+        assert words[0] == row["task"] and words[-1] == "=" and row["stage"] == tasks.index(row["task"])
+        xs = words[1:-1]
+        if row["task"] == "reverse":
+            assert out == xs[::-1]
+        elif row["task"] == "format":
+            assert out == ["(", xs[0], ",", xs[1], ",", xs[2], ")"]
+        elif row["task"] == "add":
+            k, digits = int(xs[0]), xs[2:]
+            assert xs[1] == ":" and out == [str((int(d) + k) % 10) for d in digits]
+        else:  # one fixed relation: every symbol always has the same partner, never itself
+            for x, y in zip(xs, out):
+                assert partner.setdefault(x, y) == y and x != y
+    assert len(set(partner.values())) == len(partner)  # a permutation of the symbols
+    assert set(vocab) >= set(partner)
+    assert not any(set(text.split()) & set(tasks) for text in corpus)  # no task word in pre-training
+    assert not any(w in text.split() for text in corpus for w in ("(", ",", ")", ":"))
+
+
+def test_version_2_world_builds_and_evaluates(tmp_path):
+    world = build_multitask_world("tiny", seed=0, cache_dir=tmp_path, version=2)
+    assert world.tasks == ["partner", "reverse", "add", "format"] and world.version == 2
+    assert len(world.train) == 4 * 128 and len(world.validation) == 4 * 32
+    assert world.sft_config(tmp_path / "out").num_train_epochs == 12
+    scores = world.evaluate(world.load_base_model())
+    assert set(scores) == set(world.tasks) and all(0.0 <= v <= 1.0 for v in scores.values())
+    with pytest.raises(ValueError, match="version"):
+        build_multitask_world("tiny", version=3)
