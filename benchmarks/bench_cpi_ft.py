@@ -1,12 +1,20 @@
 """CPI-FT benchmark: (a) quality on the multi-task world, (b) fusion speed and memory.
 
-(a) `--part quality`: on `build_multitask_world(size)`, the same SFT budget per method:
-    multi-task SFT (all tasks mixed, one run), sequential multi-stage SFT (one stage per task,
-    `hf_ilp.training.train_stages`) and CPI-FT (`run_cpi_ft`: probes, cores, groups, fusion,
-    pipelined SFT), once per `--stage-mix` (stages on each group's rows, or cumulative: on the rows
-    of that group and every earlier one; the probes and the fused model are shared). Prints
-    per-task exact-match accuracy, the average, the worst task and the optimizer steps; with
-    `--matched-budget` also multi-task SFT run for as many steps as the costliest CPI-FT run.
+(a) `--part quality`: on `build_multitask_world(size, version=2)` for each of `--seeds` (world
+    seed = training seed), the world's SFT budget per run: multi-task SFT (all tasks mixed, one
+    run), sequential multi-stage SFT (one stage per task, `hf_ilp.training.train_stages`) and
+    CPI-FT: the probes (each task fine-tuned alone from the base: also the reference of the seesaw
+    measure), one fusion per core share (cores = top-p of |probe - base|, groups by Jaccard
+    overlap >= 0.1, core transplant + SLERP t=0.5), then the pipelined SFT over the groups with
+    the cores of earlier groups frozen, once per `--variants` CORE_SHARE:STAGE_MIX (stages on each
+    group's rows, or cumulative: on the rows of that group and every earlier one). Each stage gets
+    the optimizer steps of one probe (one task's budget), so CPI-FT's stages together take as many
+    steps as multi-task SFT and its total, probes included, twice as many; multi-task SFT given
+    that total is the matched-budget baseline. Prints per-task exact match, and over the seeds
+    the average, the worst task and the seesaw measure (largest loss of any task against training
+    it alone) as mean ± sd (min-max), and the optimizer steps. `--baselines epi.json` reuses
+    multi-task and sequential SFT from `bench_epi.py --json` (the same runs: same world, seed and
+    budget).
 
 (b) `--part speed`: two saved random Llama models of ~110M parameters (float32, 4 shards). In one
     process, interleaved, `--repeats` times, medians:
@@ -26,7 +34,7 @@
     loaded machine (threads that wait for each other dominate otherwise).
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_cpi_ft.py --part speed
-    nice -n 10 python benchmarks/bench_cpi_ft.py --part quality --size small
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_cpi_ft.py --part quality --baselines epi.json
 """
 
 import argparse
@@ -224,104 +232,151 @@ def bench_speed(root: Path, repeats: int) -> None:
 # ----------------------------------------------------------------------------- (a) quality
 
 
-def bench_quality(root: Path, size: str, seed: int, epochs: float, probe_epochs: float, stage_mixes=("group",),
-                  matched_budget: bool = False) -> None:
-    from transformers import AutoModelForCausalLM, TrainerCallback
+def _variant(spec: str) -> tuple[float, str]:
+    share, _, mix = spec.partition(":")
+    if mix not in ("group", "cumulative"):
+        raise argparse.ArgumentTypeError(f"a CPI-FT variant is CORE_SHARE:MIX with MIX 'group' or 'cumulative', got {spec!r}")
+    return float(share), mix
+
+
+def _baselines_from(path, seed):
+    """Multi-task and sequential SFT of `bench_epi.py --json` for `seed` (the same world, seed and budget), or None."""
+    if not path:
+        return None
+    saved = json.loads(Path(path).read_text())
+    if seed not in saved["seeds"]:
+        return None
+    k = saved["seeds"].index(seed)
+    q = saved["quality"]
+    out = {}
+    for protocol, method in (("mixed", "multi-task SFT"), ("sequential", "sequential SFT")):
+        if "standard" in q.get(protocol, {}):
+            run = q[protocol]["standard"]["runs"][k]
+            out[method] = (run["final"], run["steps"])
+    return out
+
+
+def bench_quality(root: Path, size: str, version: int, seeds, variants, matched_budget: bool, baselines_json=None) -> None:
+    import statistics
+
+    from _multitask import StepCount, shortfall, spread
+    from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
 
-    from hf_ilp.fusion import CPIFTConfig, CPIFTTrainer, load_cores, run_cpi_ft
+    from hf_ilp.fusion import CPIFTConfig, CPIFTTrainer, fuse_checkpoints, load_cores, train_probes
     from hf_ilp.training import train_stages
     from hf_ilp.world import build_multitask_world
 
-    world = build_multitask_world(size, seed=seed)
-    tok = world.tokenizer
-    epochs = epochs or world.sft_config("unused").num_train_epochs
-    probe_epochs = probe_epochs or epochs
-    print(f"multi-task world {size} (seed {seed}): tasks {world.tasks}, {len(world.train)} train rows; "
-          f"{epochs} epochs per method stage, probes {probe_epochs} epochs")
-    results = {}
+    per_seed = []
+    for seed in seeds:
+        world = build_multitask_world(size, seed=seed, version=version)
+        tok, mixed = world.tokenizer, world.train.remove_columns("stage")
+        seed_root = root / f"seed{seed}"
+        print(f"multi-task world v{version} {size} (seed {seed}): tasks {world.tasks}, {len(world.train)} train rows", flush=True)
+        results, steps = {}, {}
 
-    def sft_args(out, **kw):
-        return world.sft_config(root / out, num_train_epochs=epochs, **kw)
+        def sft_args(out, **kw):
+            return world.sft_config(seed_root / out, seed=seed, logging_steps=10_000, **kw)
 
-    steps = {}  # optimizer steps per method (probes included for CPI-FT), counted by a callback
-
-    class _Steps(TrainerCallback):
-        def __init__(self, method):
-            self.method = method
-
-        def on_step_end(self, args, state, control, **kwargs):
-            key = "CPI-FT probes" if Path(args.output_dir).name.startswith("probe-") else self.method
-            steps[key] = steps.get(key, 0) + 1
-
-    t0 = time.perf_counter()
-    mixed = world.train.remove_columns("stage")
-    trainer = SFTTrainer(model=world.load_base_model(), args=sft_args("multitask"), train_dataset=mixed, processing_class=tok,
-                         callbacks=[_Steps("multi-task SFT")])
-    trainer.train()
-    results["multi-task SFT"] = world.evaluate(trainer.model)
-    print(f"multi-task SFT done in {time.perf_counter() - t0:.0f} s: {results['multi-task SFT']}")
-
-    t0 = time.perf_counter()
-    trainer = train_stages(world.load_base_model(), tok, world.train, sft_args("sequential"), callbacks=[_Steps("sequential SFT")])
-    results["sequential SFT"] = world.evaluate(trainer.model)
-    print(f"sequential SFT done in {time.perf_counter() - t0:.0f} s: {results['sequential SFT']}")
-
-    base_args = sft_args("unused")
-    kwargs = {f.name: getattr(base_args, f.name) for f in base_args.__dataclass_fields__.values() if f.init}
-    cpi_methods = []
-    for mix in stage_mixes:
-        t0 = time.perf_counter()
-        method = "CPI-FT" if mix == "group" else f"CPI-FT {mix}"
-        cpi_args = CPIFTConfig(**{**kwargs, "output_dir": str(root / f"cpi_ft-{mix}"), "cpi_probe_epochs": probe_epochs, "cpi_stage_mix": mix})
-        if not cpi_methods:  # probes and fusion once; further stage mixes start from the same fused model
-            trainer, fusion = run_cpi_ft(world.base_model_path, mixed, cpi_args, tok, tasks=world.tasks, callbacks=[_Steps(method)])
-            fused_dir = root / f"cpi_ft-{mix}" / "fused"
-            print(f"CPI-FT probes and fusion: groups {fusion.groups}, overlaps { {k: round(v, 3) for k, v in fusion.overlaps.items()} }")
-            fused = AutoModelForCausalLM.from_pretrained(fused_dir)
-            print(f"(fused model before the pipelined SFT: {world.evaluate(fused)})")
-        else:
-            trainer = CPIFTTrainer(model=AutoModelForCausalLM.from_pretrained(fused_dir), args=cpi_args, train_dataset=mixed,
-                                   processing_class=tok, groups=fusion.groups, cores=load_cores(fused_dir), callbacks=[_Steps(method)])
+        reused = _baselines_from(baselines_json, seed) or {}
+        for method, (final, n) in reused.items():
+            results[method], steps[method] = final, n
+            print(f"  {method}: {final} ({n} steps, from {baselines_json})", flush=True)
+        if "multi-task SFT" not in results:
+            counter = StepCount()
+            trainer = SFTTrainer(model=world.load_base_model(), args=sft_args("multitask"), train_dataset=mixed,
+                                 processing_class=tok, callbacks=[counter])
             trainer.train()
-        results[method] = world.evaluate(trainer.model)
-        cpi_methods.append(method)
-        print(f"{method} (stages on the {mix} mix) done in {time.perf_counter() - t0:.0f} s: {results[method]}")
+            results["multi-task SFT"], steps["multi-task SFT"] = world.evaluate(trainer.model), counter.steps
+        if "sequential SFT" not in results:
+            counter = StepCount()
+            trainer = train_stages(world.load_base_model(), tok, world.train, sft_args("sequential"), callbacks=[counter])
+            results["sequential SFT"], steps["sequential SFT"] = world.evaluate(trainer.model), counter.steps
 
-    matched = None
-    if matched_budget:  # multi-task SFT given as many optimizer steps as the costliest CPI-FT run
-        most = max(cpi_methods, key=lambda m: steps[m] + steps.get("CPI-FT probes", 0))
-        matched = "multi-task matched"
+        # probes: each task alone from the base (also the reference of the seesaw measure)
+        base_args = sft_args("cpi")
+        kwargs = {f.name: getattr(base_args, f.name) for f in base_args.__dataclass_fields__.values() if f.init}
+        probe_counter = StepCount()
         t0 = time.perf_counter()
-        trainer = SFTTrainer(model=world.load_base_model(), args=sft_args("multitask-matched", max_steps=steps[most] + steps.get("CPI-FT probes", 0)),
-                             train_dataset=mixed, processing_class=tok, callbacks=[_Steps(matched)])
-        trainer.train()
-        results[matched] = world.evaluate(trainer.model)
-        print(f"multi-task SFT with the steps of {most} done in {time.perf_counter() - t0:.0f} s: {results[matched]}")
+        probes = train_probes(world.base_model_path, mixed, CPIFTConfig(**kwargs), tok, tasks=world.tasks, callbacks=[probe_counter])
+        alone = {t: world.evaluate(AutoModelForCausalLM.from_pretrained(path))[t] for t, path in probes.items()}
+        stage_steps = probe_counter.steps // len(world.tasks)  # one task's budget
+        print(f"  probes (each task alone, {stage_steps} steps each) in {time.perf_counter() - t0:.0f} s: {alone}", flush=True)
 
-    print()
-    print(f"{'method':<18} " + " ".join(f"{t:>8}" for t in world.tasks) + f" {'average':>8} {'worst':>8} {'steps':>6}")
-    summary = {}
-    for method, acc in results.items():
-        vals = [acc[t] for t in world.tasks]
-        summary[method] = (sum(vals) / len(vals), min(vals))
-        n_steps = steps.get(method, 0) + (steps.get("CPI-FT probes", 0) if method in cpi_methods else 0)
-        print(f"{method:<18} " + " ".join(f"{acc[t]:>8.3f}" for t in world.tasks)
-              + f" {summary[method][0]:>8.3f} {summary[method][1]:>8.3f} {n_steps:>6}")
-    print("(steps: optimizer steps of the method, CPI-FT's probes included)")
-    baselines = [k for k in summary if k not in cpi_methods and k != matched]
-    best_avg = max(summary[k][0] for k in baselines)
-    worst_base = min(summary[k][1] for k in baselines)
-    for method in cpi_methods:
-        avg, worst = summary[method]
-        print(f"{method} average {avg:.3f} vs best baseline {best_avg:.3f} ({'met' if avg >= best_avg else 'NOT met'}); "
-              f"worst task {worst:.3f} vs baselines' worst {worst_base:.3f} ({'met' if worst >= worst_base else 'NOT met'})")
-    if matched:
-        for method in cpi_methods:
-            print(f"{method} average {summary[method][0]:.3f} vs multi-task SFT with {steps[matched]} steps {summary[matched][0]:.3f} "
-                  f"({'above' if summary[method][0] >= summary[matched][0] else 'below'})")
-    for method in cpi_methods:
-        print(f"{method} average / best baseline average: {summary[method][0] / best_avg if best_avg else float('nan'):.3f}")
+        fused = {}
+        for share, mix in variants:
+            method = f"CPI-FT p={share:g} {mix}"
+            if share not in fused:
+                fused_dir = seed_root / f"fused-{share:g}"
+                fusion = fuse_checkpoints(world.base_model_path, probes, fused_dir, core_share=share)
+                fused[share] = (fused_dir, fusion)
+                print(f"  fusion p={share:g}: groups {fusion.groups}, overlaps "
+                      f"{ {k: round(v, 3) for k, v in fusion.overlaps.items()} }; fused model "
+                      f"{world.evaluate(AutoModelForCausalLM.from_pretrained(fused_dir))}", flush=True)
+            fused_dir, fusion = fused[share]
+            counter = StepCount()
+            t0 = time.perf_counter()
+            cpi_args = CPIFTConfig(**{**kwargs, "output_dir": str(seed_root / f"cpi-{share:g}-{mix}"), "cpi_stage_mix": mix,
+                                      "cpi_core_share": share, "max_steps": stage_steps})
+            trainer = CPIFTTrainer(model=AutoModelForCausalLM.from_pretrained(fused_dir), args=cpi_args, train_dataset=mixed,
+                                   processing_class=tok, groups=fusion.groups, cores=load_cores(fused_dir), callbacks=[counter])
+            trainer.train()
+            results[method], steps[method] = world.evaluate(trainer.model), counter.steps + probe_counter.steps
+            print(f"  {method} in {time.perf_counter() - t0:.0f} s: {results[method]}", flush=True)
+
+        if matched_budget:  # multi-task SFT given the optimizer steps of CPI-FT (probes included)
+            n = max(steps[m] for m in results if m.startswith("CPI-FT"))
+            counter = StepCount()
+            trainer = SFTTrainer(model=world.load_base_model(), args=sft_args("multitask-matched", max_steps=n),
+                                 train_dataset=mixed, processing_class=tok, callbacks=[counter])
+            trainer.train()
+            matched = "multi-task SFT, CPI-FT's steps"
+            results[matched], steps[matched] = world.evaluate(trainer.model), counter.steps
+            print(f"  multi-task SFT with {n} steps: {results[matched]}", flush=True)
+        per_seed.append({"seed": seed, "tasks": world.tasks, "alone": alone, "results": results, "steps": steps})
+
+    tasks = per_seed[0]["tasks"]
+    methods = list(per_seed[0]["results"])
+
+    def stat(method, fn):
+        return [fn(p["results"][method], p["alone"]) for p in per_seed]
+
+    def avg(acc, _):
+        return statistics.mean(acc[t] for t in tasks)
+
+    def worst(acc, _):
+        return min(acc[t] for t in tasks)
+
+    def seesaw(acc, alone):
+        return shortfall(alone, acc)
+
+    print("\n| method | " + " | ".join(tasks) + " | average | worst | seesaw | steps |")
+    print("|---|" + "---|" * (len(tasks) + 4))
+    for m in methods:
+        print(f"| {m} | " + " | ".join(f"{statistics.mean(p['results'][m][t] for p in per_seed):.3f}" for t in tasks)
+              + f" | {spread(stat(m, avg))} | {spread(stat(m, worst))} | {spread(stat(m, seesaw))} | {per_seed[0]['steps'][m]} |")
+    print(f"(mean over seeds {list(seeds)}; average/worst/seesaw as mean ± sd (min-max); seesaw = largest loss of any task "
+          f"against training it alone; steps = optimizer steps, CPI-FT's probes included)")
+    baselines = ["multi-task SFT", "sequential SFT"]
+    best = max(baselines, key=lambda m: statistics.mean(stat(m, avg)))
+    best_avg = statistics.mean(stat(best, avg))
+    best_seesaw = statistics.mean(stat(best, seesaw))
+    for m in methods:
+        if not m.startswith("CPI-FT"):
+            continue
+        a, sw = statistics.mean(stat(m, avg)), statistics.mean(stat(m, seesaw))
+        wins = sum(x >= y + 0.02 for x, y in zip(stat(m, avg), stat(best, avg)))
+        print(f"target: {m} average >= best baseline ({best}) + 0.02: {a:.3f} vs {best_avg:.3f} -> "
+              f"{'met' if a >= best_avg + 0.02 else 'NOT met'} (on {wins}/{len(per_seed)} seeds); smaller seesaw: "
+              f"{sw:.3f} vs {best_seesaw:.3f} -> {'met' if sw < best_seesaw else 'NOT met'}")
+    matched = "multi-task SFT, CPI-FT's steps"
+    if matched in methods:
+        for m in methods:
+            if m.startswith("CPI-FT"):
+                print(f"{m} average {statistics.mean(stat(m, avg)):.3f} vs multi-task SFT given CPI-FT's steps "
+                      f"{statistics.mean(stat(matched, avg)):.3f}")
+    top = max((m for m in methods if m.startswith("CPI-FT")), key=lambda m: statistics.mean(stat(m, avg)))
+    print(f"best CPI-FT variant average / best baseline average: {statistics.mean(stat(top, avg)) / best_avg:.3f} ({top})")
 
 
 def main(argv=None) -> None:
@@ -333,13 +388,14 @@ def main(argv=None) -> None:
     parser.add_argument("--dir", default=None, help="working folder (default: a temporary one on /dev/shm, removed at the end)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per variant (speed)")
     parser.add_argument("--size", default="small", help="multi-task world size (quality)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=float, default=None, help="epochs of each SFT run / stage (default: the world's budget)")
-    parser.add_argument("--probe-epochs", type=float, default=None, help="epochs of each CPI-FT probe (default: --epochs)")
-    parser.add_argument("--stage-mix", nargs="+", choices=["group", "cumulative"], default=["group", "cumulative"],
-                        help="CPI-FT stage mixes to compare (probes and fusion are shared)")
-    parser.add_argument("--matched-budget", action="store_true",
-                        help="also run multi-task SFT for as many optimizer steps as the costliest CPI-FT run (probes included)")
+    parser.add_argument("--version", type=int, default=2, choices=[1, 2], help="multi-task world version (quality)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="world seed = training seed (quality)")
+    parser.add_argument("--variants", type=_variant, nargs="+", default=[_variant(v) for v in ("0.01:group", "0.01:cumulative", "0.05:cumulative")],
+                        help="CPI-FT settings CORE_SHARE:STAGE_MIX to compare (probes shared; one fusion per core share)")
+    parser.add_argument("--no-matched-budget", action="store_true",
+                        help="skip multi-task SFT run for as many optimizer steps as CPI-FT (probes included)")
+    parser.add_argument("--baselines", default=None,
+                        help="reuse multi-task and sequential SFT from `bench_epi.py --json` (same world, seeds and budget)")
     args = parser.parse_args(argv)
     # tmpfs when there is one: the disk's write-back throttling would otherwise decide the times
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -347,7 +403,8 @@ def main(argv=None) -> None:
     root.mkdir(parents=True, exist_ok=True)
     try:
         if args.part in ("quality", "all"):
-            bench_quality(root / "quality", args.size, args.seed, args.epochs, args.probe_epochs, args.stage_mix, args.matched_budget)
+            bench_quality(root / "quality", args.size, args.version, args.seeds, args.variants, not args.no_matched_budget,
+                          args.baselines)
         if args.part in ("speed", "all"):
             bench_speed(root / "speed", args.repeats)
     finally:
