@@ -66,7 +66,15 @@ class InterventionConfig:
         default=32, metadata={"help": "Training rows per subset held as the accuracy probe."})
     extra_max_epochs: int = field(default=5, metadata={"help": "Most extra epochs for under-training."})
     extra_delta: float = field(
-        default=0.01, metadata={"help": "Stop when val loss(e) > val loss(e-1) + delta (paper: 0.01)."})
+        default=0.01, metadata={"help": "An extra epoch is rejected when its val loss exceeds the reference's + delta "
+                                        "(paper: 0.01)."})
+    extra_reference: str = field(
+        default="start", metadata={"help": "The val loss an extra epoch is compared with: 'start' (the fine-tuned "
+                                           "model's, before any extra epoch) or 'previous' (the last accepted epoch's, "
+                                           "the paper's val loss(e) > val loss(e-1) + delta)."})
+    extra_patience: int = field(
+        default=2, metadata={"help": "Rejected epochs in a row that stop the extra epochs (the last accepted "
+                                     "weights are restored); 1: the first rejection stops, as in the paper."})
     extra_on: str = field(
         default="flagged", metadata={"help": "What the extra epochs train on: 'flagged' (the under-trained samples, "
                                             "upsample_factor copies each, plus extra_replay_ratio replayed other rows "
@@ -275,7 +283,7 @@ def _under_training(ctx):
         train = targeted(train, ctx["flagged"], cfg.upsample_factor, cfg.extra_replay_ratio, seed=ctx["run_args"].seed)
     else:
         train = upsample(train, ctx["flagged"], cfg.upsample_factor)
-    stop = ValLossRiseStopping(delta=cfg.extra_delta)
+    stop = ValLossRiseStopping(delta=cfg.extra_delta, patience=cfg.extra_patience, reference=cfg.extra_reference)
     model = _with_peft(fresh_model(ctx["model"]), ctx["peft_config"])
     args = dataclasses.replace(ctx["run_args"], num_train_epochs=cfg.extra_max_epochs, eval_strategy="epoch")
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=ctx["eval_dataset"],
@@ -283,7 +291,8 @@ def _under_training(ctx):
     trainer.evaluate()
     trainer.train()
     accepted = len(stop.losses) - 1
-    details = {"val_losses": stop.losses, "rejected_val_loss": stop.rejected_loss, "extra_epochs_kept": accepted,
+    details = {"val_losses": stop.losses, "rejected_val_loss": stop.rejected_loss, "rejected_val_losses": stop.rejected,
+               "extra_epochs_kept": accepted,
                "stopped_at_epoch": stop.stopped_at_epoch, "extra_on": cfg.extra_on, "rows_per_epoch": len(train),
                "upsample_factor": cfg.upsample_factor}
     return "extra_epochs+early_stopping", details, train, trainer
@@ -345,6 +354,10 @@ def intervene(
     config = config or InterventionConfig()
     if config.inconsistency_strategy not in ("bucket", "resolve"):
         raise ValueError(f"inconsistency_strategy must be 'bucket' or 'resolve', got {config.inconsistency_strategy!r}")
+    if config.extra_reference not in ("start", "previous"):
+        raise ValueError(f"extra_reference must be 'start' or 'previous', got {config.extra_reference!r}")
+    if isinstance(config.extra_patience, bool) or not isinstance(config.extra_patience, int) or config.extra_patience < 1:
+        raise ValueError(f"extra_patience must be an integer >= 1, got {config.extra_patience!r}")
     if config.extra_on not in ("flagged", "all"):
         raise ValueError(f"extra_on must be 'flagged' or 'all', got {config.extra_on!r}")
     check_report_matches(report, train_dataset, "train_dataset")

@@ -84,6 +84,9 @@ def test_each_intervention_writes_a_new_run(cause, lora, tmp_path, tokenizer, ti
         share = corpus["origin"].count("general") / len(corpus)
         assert share == pytest.approx(0.8, abs=0.05)
         assert set(corpus.filter(lambda o: o == "retrieved", input_columns="origin")["query_id"]) <= set(CAUSE_ROWS[cause])
+    if cause == "under_training":  # the robust stopping rule by default (see interventions.under_training)
+        assert (manifest["config"]["extra_reference"], manifest["config"]["extra_patience"]) == ("start", 2)
+        assert manifest["details"]["extra_epochs_kept"] == len(manifest["details"]["val_losses"]) - 1
     if cause == "forgetting":
         assert "stage" not in result.load_train_dataset().column_names
         assert manifest["details"]["resampling_history"]
@@ -121,6 +124,9 @@ def test_bad_input_is_refused_before_any_output(tmp_path, tokenizer, tiny_model)
         intervene("missing_knowledge", report, train, tmp_path / "o3", knowledge_source=_Nothing(), **common)
     with pytest.raises(ValueError, match="eval_dataset"):
         intervene("under_training", report, train, tmp_path / "o4", **common)
+    with pytest.raises(ValueError, match="extra_patience"):
+        intervene("under_training", report, train, tmp_path / "o5", eval_dataset=train,
+                  config=InterventionConfig(extra_patience=0), **common)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -105,6 +105,81 @@ def test_val_loss_rise_stops_and_restores_the_last_good_weights(tmp_path, tokeni
         assert all(torch.equal(start[k], v) for k, v in tiny_model.state_dict().items())
 
 
+def _feed(stop, losses, max_steps=None):
+    """Feed `stop` one evaluation per loss: the first before training (the starting model), then one per
+    epoch; each evaluation sees a model whose single weight is the evaluation's index. Returns the
+    weight left after the run, and the evaluations seen before the run stopped."""
+    from transformers import TrainerControl, TrainerState
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    n_epochs = len(losses) - 1
+    state = TrainerState(max_steps=0, global_step=0)
+    control = TrainerControl()
+    seen = 0
+    for k, loss in enumerate(losses):
+        if k:  # an epoch of training
+            state.max_steps, state.global_step, state.epoch = max_steps or n_epochs, k, float(k)
+        with torch.no_grad():
+            model.weight.fill_(float(k))
+        stop.on_evaluate(None, state, control, metrics={"eval_loss": loss}, model=model)
+        seen += 1
+        if control.should_training_stop:
+            break
+    stop.on_train_end(None, state, control, model=model)
+    return model.weight.item(), seen
+
+
+def test_val_loss_rule_default_is_the_papers_epoch_over_epoch_test():
+    """patience=1, reference='previous': the first rise of more than delta over the previous accepted
+    evaluation stops the run and puts back that evaluation's weights."""
+    stop = ValLossRiseStopping(delta=0.01)
+    weight, seen = _feed(stop, [1.0, 0.9, 0.905, 0.92, 0.5])
+    assert seen == 4 and weight == 2.0
+    assert stop.losses == [1.0, 0.9, 0.905] and stop.rejected == [0.92]
+    assert stop.stopped_at_epoch == 3.0 and stop.rejected_loss == 0.92
+
+
+def test_val_loss_patience_lets_one_bad_epoch_pass():
+    """patience=2: one rejected evaluation followed by an accepted one does not stop; two in a row do,
+    and the weights of the last accepted evaluation come back."""
+    stop = ValLossRiseStopping(delta=0.01, patience=2)
+    weight, seen = _feed(stop, [1.0, 0.9, 0.95, 0.905, 0.95, 0.96, 0.1])
+    # 0.95 rejected (> 0.9 + 0.01), 0.905 accepted (the count starts again), 0.95 and 0.96 rejected in a row
+    assert seen == 6 and weight == 3.0
+    assert stop.losses == [1.0, 0.9, 0.905] and stop.rejected == [0.95, 0.95, 0.96]
+    assert stop.stopped_at_epoch == 5.0 and stop.rejected_loss == 0.96
+
+
+def test_val_loss_reference_start_bounds_the_total_rise():
+    """reference='start': every evaluation is compared with the first one. A slow drift that never rises
+    by delta from one epoch to the next is stopped once it has risen by delta in all; a rise that stays
+    within delta of the start never stops."""
+    drift = [0.50, 0.505, 0.509, 0.513, 0.517, 0.521]
+    previous = ValLossRiseStopping(delta=0.01, patience=1, reference="previous")
+    assert _feed(previous, drift) == (5.0, 6) and previous.stopped_at_epoch is None  # never a step of 0.01
+    start = ValLossRiseStopping(delta=0.01, patience=1, reference="start")
+    assert _feed(start, drift) == (2.0, 4)  # 0.513 > 0.50 + 0.01
+    # after a fall, the reference is still the start: a rise above the lowest loss is allowed
+    start = ValLossRiseStopping(delta=0.01, patience=2, reference="start")
+    weight, seen = _feed(start, [0.5, 0.3, 0.45, 0.505, 0.509, 0.52, 0.53])
+    assert (weight, seen) == (4.0, 7) and start.rejected == [0.52, 0.53] and start.losses == [0.5, 0.3, 0.45, 0.505, 0.509]
+
+
+def test_val_loss_rejected_last_epoch_is_undone_even_without_patience_left():
+    """A run that ends on a rejected evaluation, fewer than `patience` in a row, ends on the weights
+    of the last accepted one, at that evaluation (the last step) or else at the end of training."""
+    stop = ValLossRiseStopping(delta=0.01, patience=3)
+    assert _feed(stop, [1.0, 0.9, 0.8, 0.95]) == (2.0, 4)
+    assert stop.stopped_at_epoch == 3.0 and stop.rejected_loss == 0.95
+    stop = ValLossRiseStopping(delta=0.01, patience=3)  # evaluations that never reach the last step
+    assert _feed(stop, [1.0, 0.9, 0.8, 0.95], max_steps=100) == (2.0, 4)
+    assert stop.stopped_at_epoch == 3.0
+    with pytest.raises(ValueError, match="patience"):
+        ValLossRiseStopping(patience=0)
+    with pytest.raises(ValueError, match="reference"):
+        ValLossRiseStopping(reference="best")
+
+
 def test_upsample_repeats_only_the_flagged():
     ds = Dataset.from_list(make_rows(6))
     out = upsample(ds, ["s1", "s4"], 3)
