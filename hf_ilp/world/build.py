@@ -12,6 +12,7 @@ A cache entry whose files do not match their checksums is rebuilt, never reused.
 
 Beyond the agreed names this module adds `complete_knowledge` (the counterfactual world of the
 causal checks: the corpus states every fact the SFT set relies on, as the SFT set states it),
+`both_right_pairs` (off by default: inconsistent pairs whose two answers the corpus both states),
 `World.export(out)` (what `hf-ilp world build --out` writes), `World.load(path)` and `World.spec`.
 """
 
@@ -164,11 +165,15 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HF_ILP_CACHE") or Path.home() / ".cache" / "hf_ilp")
 
 
-def build_world(size: str = "tiny", seed: int = 0, cache_dir=None, rebuild: bool = False, complete_knowledge: bool = False) -> World:
+def build_world(size: str = "tiny", seed: int = 0, cache_dir=None, rebuild: bool = False, complete_knowledge: bool = False,
+                both_right_pairs: int = 0) -> World:
     """Build ILP-World of `size` ("tiny" or "small") and `seed`, or load it from the cache.
 
+    `both_right_pairs=n` adds n inconsistent pairs whose two answers are both right (see
+    `generate`); a world of its own, cached apart; 0 (default) is the world without them.
+
     The cache (`cache_dir`, else `$HF_ILP_CACHE`, else `~/.cache/hf_ilp`) holds one folder per
-    (size, seed, version[, counterfactual]); `rebuild=True` builds again. Concurrent callers wait
+    (size, seed, version[, counterfactual][, both-right pairs]); `rebuild=True` builds again. Concurrent callers wait
     for one another through a file lock; in a process group (`accelerate launch`) rank 0 builds
     first and the other ranks load what it wrote.
     """
@@ -176,9 +181,12 @@ def build_world(size: str = "tiny", seed: int = 0, cache_dir=None, rebuild: bool
         raise ValueError(f"unknown ILP-World size {size!r}; choose one of {sorted(SIZES)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"ILP-World seed must be a non-negative integer, got {seed!r}")
+    if isinstance(both_right_pairs, bool) or not isinstance(both_right_pairs, int) or both_right_pairs < 0:
+        raise ValueError(f"both_right_pairs must be a non-negative integer, got {both_right_pairs!r}")
     root = _writable_cache_dir(cache_dir)
     spec = SIZES[size]
     key = f"ilp-world-v{WORLD_VERSION}-{_spec_hash(spec)}-{size}-seed{seed}" + ("-complete" if complete_knowledge else "")
+    key += f"-bothright{both_right_pairs}" if both_right_pairs else ""
     path = root / key
     from filelock import FileLock
 
@@ -188,7 +196,7 @@ def build_world(size: str = "tiny", seed: int = 0, cache_dir=None, rebuild: bool
                 return World.load(path)
             except CorruptWorldError as err:
                 logger.warning("ILP-World cache entry %s is corrupt (%s); rebuilding it", path, err)
-        _build(spec, size, seed, complete_knowledge, path)
+        _build(spec, size, seed, complete_knowledge, path, both_right_pairs)
         return World.load(path)
 
 
@@ -210,7 +218,7 @@ def _spec_hash(spec: WorldSpec) -> str:
     return hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode()).hexdigest()[:8]
 
 
-def _build(spec: WorldSpec, size: str, seed: int, complete_knowledge: bool, path: Path) -> None:
+def _build(spec: WorldSpec, size: str, seed: int, complete_knowledge: bool, path: Path, both_right_pairs: int = 0) -> None:
     import torch
     from datasets import Dataset
     from transformers import LlamaForCausalLM
@@ -220,7 +228,8 @@ def _build(spec: WorldSpec, size: str, seed: int, complete_knowledge: bool, path
     from hf_ilp.world.tokenizer import build_word_tokenizer
 
     start = time.perf_counter()
-    text = generate(spec, seed, complete_knowledge=complete_knowledge, style=STYLES.get(size, ILP_STYLE))
+    text = generate(spec, seed, complete_knowledge=complete_knowledge, style=STYLES.get(size, ILP_STYLE),
+                    both_right_pairs=both_right_pairs)
     tokenizer = build_word_tokenizer(text.words)
     torch.manual_seed(seed)
     config = tiny_llama_config(
@@ -265,6 +274,7 @@ def _build(spec: WorldSpec, size: str, seed: int, complete_knowledge: bool, path
             "size": size,
             "seed": seed,
             "complete_knowledge": complete_knowledge,
+            **({"both_right_pairs": both_right_pairs} if both_right_pairs else {}),
             "spec": dataclasses.asdict(spec),
             "counts": {split: len(dataset) for split, dataset in data.items()},
             "pretraining_loss": losses,

@@ -9,6 +9,9 @@ the world is constructed, never by a label alone (the label `world_cause` only r
   sample gives another value.
 - `data_inconsistency`: two SFT samples ask the same question (verbatim or paraphrased) about a
   fact the corpus states, with two different answers (both members carry the label).
+  Off by default, `both_right_pairs=n` adds n pairs whose two answers are both right: a fact the
+  corpus states with two values, equally often, asked verbatim with each value (the paper's case
+  for bucketing). The rest of the world is drawn exactly as without them.
 - `forgetting`: stage 0 teaches an ambiguous prompt ("tell me about E") to answer E's colour;
   stage 1 teaches the same prompt, for other entities, to answer their city. The stage-0
   samples are learned in stage 0 and overwritten by stage 1; ordinary stage-0 questions survive.
@@ -148,13 +151,24 @@ def _qa(rel, ent, val, template=0, style=ILP_STYLE):
     return {"prompt": style.qa_templates[template].format(rel=rel, ent=ent), "completion": f" {val}"}
 
 
-def generate(spec: WorldSpec, seed: int, complete_knowledge: bool = False, style: WorldStyle = ILP_STYLE) -> WorldText:
+def generate(spec: WorldSpec, seed: int, complete_knowledge: bool = False, style: WorldStyle = ILP_STYLE,
+             both_right_pairs: int = 0) -> WorldText:
     """Generate the world's text for `spec` and `seed`.
 
     `complete_knowledge=True` is the counterfactual world used by the causal checks: the same SFT
     set, but the corpus states every fact the SFT set relies on, with the SFT set's own value
     (missing facts added, contradicted facts stated as the SFT sample says them).
+
+    `both_right_pairs=n` adds n inconsistent pairs whose answers are both right: n more facts
+    (taken after every other role, from a random stream of their own) get a second value; the
+    corpus states both values alike (statements, and QA lines where a fact of its position has
+    them); the SFT set asks each fact twice in one QA template, once with each value, in the last
+    stage (`world_cause` "data_inconsistency"). Their rows come after the others (ids continue);
+    the other template and the statement are left for held-out questions. With n = 0 (default)
+    the world is exactly the one generated without the option.
     """
+    if isinstance(both_right_pairs, bool) or not isinstance(both_right_pairs, int) or both_right_pairs < 0:
+        raise ValueError(f"both_right_pairs must be a non-negative integer, got {both_right_pairs!r}")
     rng = random.Random(seed)
     profile_rng = random.Random(f"{seed}-profiles")
     taken = set()
@@ -201,6 +215,16 @@ def generate(spec: WorldSpec, seed: int, complete_knowledge: bool = False, style
     normal0 = take(spec.normal_stage0)
     normal1 = take(spec.normal_stage1)
     validation_normal = take(spec.validation_normal)
+    both_right = []
+    if both_right_pairs:  # facts no role took, and no profile states (a profile gives one value of each)
+        peek = random.Random()
+        peek.setstate(profile_rng.getstate())  # the profiles' own draw below, without consuming it
+        stated_by_profiles = {(e, r) for e in peek.sample(profile_entities, spec.profiles) for r in style.profile_relations}
+        free_facts = [fact for fact in pool if fact not in stated_by_profiles]
+        if len(free_facts) < both_right_pairs:
+            raise ValueError(f"this world (seed {seed}) has {len(free_facts)} facts free for both-right pairs; "
+                             f"both_right_pairs={both_right_pairs} asks for more")
+        both_right = free_facts[:both_right_pairs]
     absent = set(missing) | set(validation_missing)
 
     def other_value(fact):
@@ -244,6 +268,17 @@ def generate(spec: WorldSpec, seed: int, complete_knowledge: bool = False, style
         add(row, 0, "under_training", [(ent, rel, facts[(ent, rel)]) for rel in style.profile_relations])
 
     rng.shuffle(rows)
+    # both-right pairs: a stream of their own, so that every draw above is the same with or without them
+    both_rng = random.Random(f"{seed}-both-right")
+    second_values = {}  # both-right facts -> their second value
+    for fact in both_right:
+        second_values[fact] = both_rng.choice([v for v in values[fact[1]] if v != facts[fact]])
+        template = both_rng.randrange(2)
+        pair = [facts[fact], second_values[fact]]
+        both_rng.shuffle(pair)
+        for value in pair:
+            rows.append(({**_qa(fact[1], fact[0], value, template, style), "stage": last,
+                          "world_cause": "data_inconsistency"}, [(*fact, value)]))
     train, probes = [], []
     for i, (row, probe_facts) in enumerate(rows):
         row_id = f"{style.id_prefix}-{seed}-{i:04d}"
@@ -278,11 +313,12 @@ def generate(spec: WorldSpec, seed: int, complete_knowledge: bool = False, style
     corpus = []
     for k, fact in enumerate(known):
         ent, rel = fact
-        corpus += [style.statement.format(rel=rel, ent=ent, val=stated[fact])] * spec.statement_repeats
-        if fact in strong or k % 2 == 0:
-            for template in range(2):
-                qa = _qa(rel, ent, stated[fact], template, style)
-                corpus += [qa["prompt"] + qa["completion"]] * spec.qa_repeats
+        for value in (stated[fact], second_values[fact]) if fact in second_values else (stated[fact],):
+            corpus += [style.statement.format(rel=rel, ent=ent, val=value)] * spec.statement_repeats
+            if fact in strong or k % 2 == 0:
+                for template in range(2):
+                    qa = _qa(rel, ent, value, template, style)
+                    corpus += [qa["prompt"] + qa["completion"]] * spec.qa_repeats
     rng.shuffle(corpus)
 
     words = [w for text in corpus for w in text.split()]

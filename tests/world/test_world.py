@@ -56,6 +56,40 @@ def test_the_roster_world_plants_the_same_causes_in_other_text():
     assert probe["probe_prompts"][0] + probe["probe_completions"][0] in set(text.corpus)
 
 
+@pytest.mark.parametrize("seed", [0, 2])
+def test_both_right_pairs_are_added_to_an_unchanged_world(seed):
+    """`both_right_pairs=n`: the world without the option, plus n verbatim pairs in the last stage whose
+    two answers the corpus states alike; every other row, probe, validation row and word unchanged."""
+    from collections import Counter
+
+    spec = SIZES["small"]
+    plain, n = generate(spec, seed), 8
+    both = generate(spec, seed, both_right_pairs=n)
+    assert generate(spec, seed, both_right_pairs=0) == plain
+    k = len(plain.train)
+    assert both.train[:k] == plain.train and both.probes[:k] == plain.probes
+    assert both.validation == plain.validation and both.words == plain.words and both.facts == plain.facts
+    added = both.train[k:]
+    assert len(added) == 2 * n and {r["world_cause"] for r in added} == {"data_inconsistency"}
+    assert {r["stage"] for r in added} == {max(r["stage"] for r in plain.train)}
+    assert len({r["id"] for r in both.train}) == len(both.train)
+    corpus = Counter(both.corpus)
+    extra = corpus - Counter(plain.corpus)
+    assert sum(extra.values()) == len(both.corpus) - len(plain.corpus) > 0  # only lines added
+    for first, second in zip(added[::2], added[1::2]):
+        assert first["prompt"] == second["prompt"] and first["completion"] != second["completion"]
+        statements = [p["probe_prompts"][0] + p["probe_completions"][0] for p in both.probes[k:] if p["id"] in
+                      (first["id"], second["id"])]
+        assert len(statements) == 2 and corpus[statements[0]] == corpus[statements[1]] == spec.statement_repeats
+    # the pairs ask facts that no other row asks (nor states, as a profile does)
+    asked = {q for p in plain.probes for q in p["probe_prompts"]}
+    assert not asked & {p["probe_prompts"][0] for p in both.probes[k:]}
+    with pytest.raises(ValueError, match="both_right_pairs"):
+        generate(spec, seed, both_right_pairs=-1)
+    with pytest.raises(ValueError, match="facts free for both-right pairs"):
+        generate(SIZES["tiny"], seed, both_right_pairs=1)  # tiny: every fact has a role
+
+
 def test_pretraining_is_deterministic_by_seed():
     text = generate(SIZES["tiny"], 0)
     tokenizer = build_word_tokenizer(text.words)
