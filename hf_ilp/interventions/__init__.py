@@ -7,11 +7,13 @@ never modified. One module per cause:
 - `knowledge`      missing_knowledge, knowledge_conflict: retrieve documents about the flagged
                    samples from a `KnowledgeSource`, continued pre-training on 0.8 general +
                    0.2 retrieved text, then SFT again.
-- `inconsistency`  data_inconsistency: resolve (drop what a judge or the majority rejects) or
-                   bucket (`ConflictBucketSampler`: no two members of a group in one mini-batch).
+- `inconsistency`  data_inconsistency: resolve where a judge can tell (default: the base model's
+                   likelihood; the member it rejects is dropped), bucket the groups it cannot decide
+                   (`ConflictBucketSampler`: no two members of a group in one mini-batch).
 - `forgetting`     forgetting: global shuffle of the stages + `DynamicResamplingCallback`.
-- `under_training` under_training: extra epochs with early stopping on validation loss,
-                   optional upsampling of the flagged samples.
+- `under_training` under_training: extra epochs over upsampled copies of the flagged samples,
+                   kept while the validation loss stays within delta of the starting model's
+                   (two rejected epochs in a row stop them; the last accepted weights are kept).
 - `sampling`       `TrainSamplerMixin`: hand any Trainer its training sampler.
 - `apply`          `intervene(cause, report, train_dataset, output_dir, ...)`: checks, then one
                    new atomic output folder per intervention (see its docstring for the layout).

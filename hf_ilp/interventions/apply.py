@@ -54,8 +54,13 @@ class InterventionConfig:
     cpt_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of continued pre-training (default: the SFT learning rate)."})
     inconsistency_strategy: str = field(
-        default="bucket", metadata={"help": "'bucket': keep conflicting members in separate mini-batches; "
-                                            "'resolve': drop what the judge (default: majority) rejects, bucket the rest."})
+        default="resolve", metadata={"help": "'resolve' (the paper's procedure): drop the member the judge rejects and "
+                                             "keep the members of the groups it cannot decide in separate mini-batches; "
+                                             "'bucket': drop nothing, keep every group's members in separate mini-batches."})
+    inconsistency_margin: float = field(
+        default=0.5, metadata={"help": "The default judge (the base model's likelihood) decides a group when its "
+                                       "preferred answer beats the runner-up by this many nats of mean token "
+                                       "log-probability; below it the group is undecided and bucketed."})
     resample_every_k_steps: int | None = field(
         default=None, metadata={"help": "Dynamic resampling period in steps (paper: 500; default: 20 checks per run)."})
     resample_threshold: float = field(
@@ -221,7 +226,7 @@ def _knowledge(ctx):
 
 
 def _inconsistency(ctx):
-    from hf_ilp.interventions.inconsistency import conflict_buckets, resolve_conflicts
+    from hf_ilp.interventions.inconsistency import conflict_buckets, likelihood_judge, resolve_conflicts
     from hf_ilp.interventions.sampling import TrainSamplerSFTTrainer
 
     cfg = ctx["config"]
@@ -229,7 +234,16 @@ def _inconsistency(ctx):
     train, details = ctx["train"], {"groups": len(groups), "group_members": sum(map(len, groups))}
     method = "bucket"
     if cfg.inconsistency_strategy == "resolve":
-        train, dropped, groups = resolve_conflicts(train, groups, judge=ctx["judge"] or "majority")
+        judge = ctx["judge"]
+        if judge is None:  # the base model's likelihood (its object as given, or loaded from its path)
+            base = ctx["base_model"]
+            if isinstance(base, (str, bytes)) or hasattr(base, "__fspath__"):
+                base = fresh_model(base).to(ctx["args"].device)
+            judge = likelihood_judge(base, ctx["tokenizer"], margin=cfg.inconsistency_margin)
+            details["judge"] = f"likelihood of the base model, margin {cfg.inconsistency_margin}"
+        else:
+            details["judge"] = judge if isinstance(judge, str) else getattr(judge, "__name__", type(judge).__name__)
+        train, dropped, groups = resolve_conflicts(train, groups, judge=judge)
         details.update(dropped=dropped, undecided_groups=len(groups))
         method = "resolve+bucket"
     model = _with_peft(fresh_model(ctx["base_model"]), ctx["peft_config"])
@@ -323,7 +337,7 @@ def intervene(
     eval_dataset=None,
     knowledge_source=None,
     general_texts: Sequence[str] | None = None,
-    judge: Callable | None = None,
+    judge: Callable | str | None = None,
     peft_config=None,
     callbacks: Sequence = (),
     config: InterventionConfig | None = None,
@@ -342,7 +356,10 @@ def intervene(
         eval_dataset: validation rows for under_training's early stopping.
         knowledge_source: a `KnowledgeSource` for the knowledge causes; `general_texts` the
             general corpus (default: the source's own texts).
-        judge: `resolve_conflicts` judge (with `config.inconsistency_strategy="resolve"`).
+        judge: who decides a conflicting group under `config.inconsistency_strategy="resolve"` (the
+            default): None (default) for the base model's likelihood (`likelihood_judge`, margin
+            `config.inconsistency_margin`), "majority", or a callable `(prompt, completions) -> index | None`
+            (see `resolve_conflicts`). Groups it cannot decide are bucketed.
         peft_config: train a PEFT adapter (e.g. `LoraConfig`) instead of all weights.
         callbacks: extra callbacks for the new SFT run (e.g. a fresh `LearnTracker`).
     """
@@ -354,6 +371,9 @@ def intervene(
     config = config or InterventionConfig()
     if config.inconsistency_strategy not in ("bucket", "resolve"):
         raise ValueError(f"inconsistency_strategy must be 'bucket' or 'resolve', got {config.inconsistency_strategy!r}")
+    if not (judge is None or judge == "majority" or callable(judge)):
+        raise ValueError(f"judge must be None (the base model's likelihood), 'majority' or a callable "
+                         f"(prompt, completions) -> index | None, got {judge!r}")
     if config.extra_reference not in ("start", "previous"):
         raise ValueError(f"extra_reference must be 'start' or 'previous', got {config.extra_reference!r}")
     if isinstance(config.extra_patience, bool) or not isinstance(config.extra_patience, int) or config.extra_patience < 1:

@@ -1,8 +1,13 @@
-"""data_inconsistency: resolve conflicting near-duplicates, or keep them apart in mini-batches.
+"""data_inconsistency: resolve conflicting near-duplicates where a judge can tell, bucket the rest.
 
 The paper's intervention for inconsistent SFT data: drop the wrong member of a conflicting group
 when one can tell which it is; when both may be right, put the members in separate buckets so
 that no mini-batch holds two of them (grouping beat deletion in the paper: +2.2 vs +1.5).
+`intervene("data_inconsistency", ...)` does both by default: the base model judges each group
+(`likelihood_judge`: the answer it finds clearly more likely is kept, the others dropped), and
+the groups it cannot decide (no answer ahead by the margin, as when both are right) are
+bucketed. `InterventionConfig(inconsistency_strategy="bucket")` buckets every group and drops
+nothing; `judge="majority"` or a callable of yours replaces the base model as judge.
 
 - `conflict_groups(report, dataset)`: the groups of rows (ids) that conflict, built around the
   samples the report attributes to `data_inconsistency`.
@@ -11,12 +16,13 @@ that no mini-batch holds two of them (grouping beat deletion in the paper: +2.2 
 - `ConflictBucketSampler` / `conflict_buckets(groups)`: a sampler whose consecutive chunks of
   `batch_size` rows (one optimizer step) never hold two members of a group; use it with any
   Trainer through `TrainSamplerMixin`.
-- `likelihood_judge(model, tokenizer)`: a judge that keeps the completion a reference model
-  (for example the pre-trained base) finds clearly most likely.
+- `likelihood_judge(model, tokenizer, margin=0.5)`: a judge that keeps the completion a reference
+  model (for example the pre-trained base) finds clearly most likely, undecided below the margin.
 
     groups = conflict_groups(report, train)
+    train, dropped, undecided = resolve_conflicts(train, groups, judge=likelihood_judge(base, tok))
     trainer = TrainSamplerSFTTrainer(model=base, args=args, train_dataset=train,
-                                     train_sampler=conflict_buckets(groups))
+                                     train_sampler=conflict_buckets(undecided))
 """
 
 from __future__ import annotations
@@ -129,14 +135,24 @@ def resolve_conflicts(dataset, groups: Sequence[Sequence[str]], judge: str | Cal
 
 def likelihood_judge(model, tokenizer, margin: float = 0.5) -> Callable:
     """Judge by a reference model: keep the completion with the highest mean token log-probability
-    if it beats the runner-up by `margin` nats; otherwise undecided.
+    if it beats the runner-up by `margin` nats (0.5: about 1.6 times as likely per token);
+    otherwise undecided (None).
 
     With the pre-trained base as reference, this sides with what pre-training taught, the
-    paper's "authoritative knowledge" for a conflict.
+    paper's "authoritative knowledge" for a conflict; two answers it knows equally well (both
+    right) stay undecided. The model is read in eval mode and left in the mode it was in.
     """
 
     @torch.no_grad()
     def judge(prompt: str, completions: list[str]):
+        was_training = model.training
+        model.eval()
+        try:
+            return _pick(prompt, completions)
+        finally:
+            model.train(was_training)
+
+    def _pick(prompt: str, completions: list[str]):
         scores = []
         for c in completions:
             p = tokenizer(prompt, add_special_tokens=False)["input_ids"]

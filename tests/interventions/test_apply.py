@@ -92,14 +92,53 @@ def test_each_intervention_writes_a_new_run(cause, lora, tmp_path, tokenizer, ti
         assert manifest["details"]["resampling_history"]
 
 
-def test_resolve_strategy_drops_the_rejected_member(tmp_path, tokenizer, tiny_model):
-    assert InterventionConfig().inconsistency_strategy == "bucket"  # default
+def _two_conflicts():
+    """Training rows with two conflicting pairs: 'dup' against s7 (w27 / w39), 'dup2' against s8 (w28 / w38)."""
+    rows = _train().to_list() + [{"id": "dup2", "prompt": "what is w8 ?", "completion": " w38", "stage": 1}]
+    return Dataset.from_list(rows)
+
+
+def test_default_resolves_with_the_base_models_likelihood_and_buckets_the_rest(tmp_path, tokenizer, tiny_model,
+                                                                                monkeypatch):
+    """The default: the base model judges each group (likelihood_judge, margin from the config); what it
+    rejects is dropped, the groups it cannot decide are bucketed."""
+    import hf_ilp.interventions.inconsistency as inconsistency
+
+    seen = {}
+
+    def fake_likelihood_judge(model, tokenizer, margin):
+        seen.update(model=model, margin=margin)
+        return lambda prompt, completions: completions.index(" w27") if " w27" in completions else None
+
+    monkeypatch.setattr(inconsistency, "likelihood_judge", fake_likelihood_judge)
+    assert InterventionConfig().inconsistency_strategy == "resolve"
+    train = _two_conflicts()
+    report = _report(train["id"], {"data_inconsistency": ["dup", "dup2"]})
+    res = intervene("data_inconsistency", report, train, tmp_path / "default", base_model=tiny_model,
+                    tokenizer=tokenizer, args=sft_args(tmp_path / "a"))
+    assert seen["model"] is tiny_model and seen["margin"] == InterventionConfig().inconsistency_margin
+    details = res.manifest["details"]
+    assert res.manifest["method"] == "resolve+bucket" and details["judge"].startswith("likelihood of the base model")
+    assert details["dropped"] == ["dup"] and res.removed_ids == ["dup"]
+    assert details["bucketed_groups"] == [["dup2", "s8"]] and details["undecided_groups"] == 1
+    assert len(res.load_train_dataset()) == len(train) - 1
+
+
+def test_other_judges_and_bucketing_only(tmp_path, tokenizer, tiny_model):
     train, report = _train(), _report(_train()["id"], CAUSE_ROWS)
-    res = intervene("data_inconsistency", report, train, tmp_path / "resolved", base_model=tiny_model,
-                    tokenizer=tokenizer, args=sft_args(tmp_path / "a"), judge=lambda p, c: c.index(" w27"),
-                    config=InterventionConfig(inconsistency_strategy="resolve"))
+    common = dict(base_model=tiny_model, tokenizer=tokenizer, args=sft_args(tmp_path / "a"))
+    res = intervene("data_inconsistency", report, train, tmp_path / "resolved", judge=lambda p, c: c.index(" w27"),
+                    **common)
     assert res.manifest["details"]["dropped"] == ["dup"]
     assert "dup" not in res.load_train_dataset()["id"] and len(res.load_train_dataset()) == len(train) - 1
+    res = intervene("data_inconsistency", report, train, tmp_path / "majority", judge="majority", **common)
+    assert res.manifest["details"]["judge"] == "majority" and res.manifest["details"]["dropped"] == []  # a 1-1 tie
+    res = intervene("data_inconsistency", report, train, tmp_path / "bucketed",
+                    config=InterventionConfig(inconsistency_strategy="bucket"), **common)
+    assert res.manifest["method"] == "bucket" and "dropped" not in res.manifest["details"]
+    assert res.manifest["details"]["bucketed_groups"] == [["dup", "s7"]] and len(res.load_train_dataset()) == len(train)
+    with pytest.raises(ValueError, match="judge must be"):
+        intervene("data_inconsistency", report, train, tmp_path / "bad", judge="oracle", **common)
 
 
 class _Nothing(KnowledgeSource):

@@ -12,7 +12,7 @@ SCRIPT = textwrap.dedent('''
     import sys
     from datasets import Dataset
     from hf_ilp.diagnosis.report import DiagnosisReport
-    from hf_ilp.interventions import intervene
+    from hf_ilp.interventions import InterventionConfig, intervene
     from hf_ilp.interventions.inconsistency import ConflictBucketSampler
     sys.path.insert(0, sys.argv[2])
     from tests.interventions.conftest import make_model, make_rows, make_tokenizer, sft_args
@@ -32,7 +32,8 @@ SCRIPT = textwrap.dedent('''
         return iter(order)
     ConflictBucketSampler.__iter__ = spy
     res = intervene("data_inconsistency", report, train, out + "/run", base_model=make_model(tok), tokenizer=tok,
-                    args=sft_args(out + "/args", per_device_train_batch_size=2))
+                    args=sft_args(out + "/args", per_device_train_batch_size=2),
+                    config=InterventionConfig(inconsistency_strategy="bucket"))
     from accelerate import PartialState
     import json
     with open(f"{out}/orders-{PartialState().process_index}.json", "w") as f:

@@ -1,12 +1,14 @@
 import math
+from types import SimpleNamespace
 
 import pytest
+import torch
 from datasets import Dataset
 from hypothesis import given, settings, strategies as st
 
 from hf_ilp.diagnosis.report import DiagnosisReport
 from hf_ilp.interventions.inconsistency import (
-    ConflictBucketSampler, conflict_buckets, conflict_groups, resolve_conflicts,
+    ConflictBucketSampler, conflict_buckets, conflict_groups, likelihood_judge, resolve_conflicts,
 )
 from hf_ilp.interventions.sampling import TrainSamplerSFTTrainer
 
@@ -94,6 +96,45 @@ def test_custom_judge():
     assert dropped == ["s5"] and undecided == []
     with pytest.raises(ValueError, match="judge returned 5"):
         resolve_conflicts(ds, groups, judge=lambda p, c: 5)
+
+
+class _FixedLM(torch.nn.Module):
+    """A language model whose next-token distribution is the same at every position: `logp`."""
+
+    def __init__(self, logp):
+        super().__init__()
+        self.logp = logp
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.modes = []
+
+    @property
+    def device(self):
+        return self.anchor.device
+
+    def forward(self, input_ids):
+        self.modes.append(self.training)
+        return SimpleNamespace(logits=self.logp.expand(*input_ids.shape, -1).clone())
+
+
+def test_likelihood_judge_decides_only_beyond_the_margin(tokenizer):
+    """Mean token log-probability: the answer ahead by more than `margin` nats is kept; closer than
+    that (as for two answers a base knows alike) the group is undecided."""
+    vocab = tokenizer.get_vocab()
+    a, b = vocab["w27"], vocab["w39"]
+
+    def model_with(gap):
+        logits = torch.zeros(len(vocab))
+        logits[a], logits[b] = 5.0 + gap, 5.0
+        return _FixedLM(torch.log_softmax(logits, -1))
+
+    clear, close = model_with(0.6), model_with(0.4)
+    assert likelihood_judge(clear, tokenizer, margin=0.5)("what is w7 ?", [" w39", " w27"]) == 1
+    assert likelihood_judge(close, tokenizer, margin=0.5)("what is w7 ?", [" w39", " w27"]) is None
+    assert likelihood_judge(close, tokenizer, margin=0.3)("what is w7 ?", [" w27", " w39"]) == 0
+    # read in eval mode, handed back in the mode it came in
+    clear.train()
+    likelihood_judge(clear, tokenizer)("what is w7 ?", [" w39", " w27"])
+    assert clear.modes[-1] is False and clear.training
 
 
 def test_bucketed_sft_trainer_never_batches_a_group(tmp_path, tokenizer, tiny_model):
