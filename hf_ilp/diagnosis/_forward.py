@@ -1,7 +1,7 @@
 """Teacher-forced statistics of a base model (and optionally the fine-tuned one) on completions.
 
 One batched forward pass per model and batch gives, per sample, everything the base-knowledge
-signals need (METHODS 1.1: greedy reproduction under teacher forcing is an argmax check):
+signals need (greedy reproduction under teacher forcing is an argmax check: `hf_ilp.check_learned`):
 - `gm_p`: geometric mean probability of the completion's tokens (length-normalized knowledge);
 - `p_seq`: probability of the whole completion (sampling at T=1 reproduces it with this chance);
 - `exact`: greedy decoding reproduces the completion;

@@ -6,7 +6,7 @@ dataset (prompt-completion or conversational) and the LearnTracker records of th
 on the fine-tuned model when the records lack it.
 
 Each cause has its own signal module, scored in [0, 1] (0.5 = at its threshold, see
-`DiagnoserConfig`). The causes overlap (METHODS 1.5), so the verdict follows a written
+`DiagnoserConfig`). The causes overlap (a sample can lack a fact and also be rare), so the verdict follows a written
 precedence, most direct evidence first, among the causes whose score reaches `min_score`:
 
     1. forgetting          observed directly: reproduced at an earlier observation, lost at the end
@@ -51,7 +51,7 @@ from hf_ilp.diagnosis.probing import PromptTemplates, fewshot_sequences, probe_c
 from hf_ilp.diagnosis.report import CAUSES, LEARNED, UNEXPLAINED, DiagnosisReport
 from hf_ilp.diagnosis.under_training import under_training_signal
 
-#: Verdict order when several causes are supported (most direct evidence first; METHODS 1.5).
+#: Verdict order when several causes are supported (most direct evidence first).
 PRECEDENCE = ("forgetting", "data_inconsistency", "knowledge_conflict", "missing_knowledge", "under_training")
 #: The order for a sample whose forgetting was observed within one stage only (see the module docstring).
 OBSERVATION_PRECEDENCE = ("data_inconsistency", "forgetting", "knowledge_conflict", "missing_knowledge", "under_training")

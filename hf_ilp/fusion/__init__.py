@@ -1,4 +1,5 @@
-"""CPI-FT: core parameter isolation with SLERP fusion (METHODS.md section 2).
+"""CPI-FT: core parameter isolation with SLERP fusion ("Not All Parameters Are Created
+Equal: Smart Isolation Boosts Fine-Tuning Performance", arXiv 2508.21741).
 
 Stages, each usable alone: `train_probes` (one SFT per task) -> `core_regions` (top-p% of
 |theta_task - theta_base|) -> `group_tasks` (Jaccard >= tau, connected components) ->

@@ -1,4 +1,5 @@
-"""Core regions and task grouping of CPI-FT (METHODS.md section 2, steps 2-3).
+"""Core regions and task grouping of CPI-FT (steps 2-3 of "Not All Parameters Are
+Created Equal: Smart Isolation Boosts Fine-Tuning Performance", arXiv 2508.21741).
 
 - `core_regions(base, task, share)`: the task's core region C = the global top `share` (p = 1%
   by default) of entries by |theta_task - theta_base| over all floating-point tensors. Computed

@@ -1,4 +1,7 @@
-"""CPI-FT fusion of saved models, streamed tensor by tensor (METHODS.md section 2, step 4).
+"""CPI-FT fusion of saved models, streamed tensor by tensor.
+
+Step 4 of CPI-FT ("Not All Parameters Are Created Equal: Smart Isolation Boosts Fine-Tuning
+Performance", arXiv 2508.21741).
 
 `fuse_checkpoints(base, {task: path, ...}, output_dir)` builds one model from a backbone (the
 base model) and N task models:

@@ -1,4 +1,5 @@
-"""Spherical linear interpolation of whole tensors (METHODS.md section 5).
+"""Spherical linear interpolation of whole tensors (Shoemake, "Animating Rotation with
+Quaternion Curves", SIGGRAPH 1985; for model weights as in mergekit's `slerp`).
 
 `slerp(a, b, t)` treats each tensor as one vector: the angle comes from the flattened tensors, so
 the result is a per-tensor SLERP (a per-element SLERP would be meaningless, and mergekit's

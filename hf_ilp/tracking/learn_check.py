@@ -1,4 +1,4 @@
-"""The exact learn-check (METHODS 1.1): did the model learn a sample, judged in one forward pass.
+"""The exact learn-check: did the model learn a sample, judged in one forward pass.
 
 Greedy decoding reproduces a completion exactly if and only if, under teacher forcing, the argmax
 at every completion position (EOS included) is the target token. Sampling at temperature T
@@ -318,7 +318,7 @@ def check_learned(
     chat_template: str | None = None,
     progress: bool = True,
 ) -> Dataset:
-    """Exact learn-check of every row of `dataset` (METHODS 1.1), one forward pass per row.
+    """Exact learn-check of every row of `dataset`, one forward pass per row.
 
     Returns a `Dataset` with one row per input row: `id` (the `id` column, else a hash of the
     tokens), `exact` (greedy decoding reproduces the completion, EOS included), `p_gold`
