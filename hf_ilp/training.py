@@ -123,6 +123,9 @@ def no_activation_checkpointing() -> dict:
 #: Flags that point a recipe at a user's model or data: with any of them, the recipe's default config
 #: (the budget of the embedded world) is not read, as in TRL's scripts.
 USER_RUN_FLAGS = ("--model_name_or_path", "--dataset_name", "--task_datasets")
+#: Recipe flags renamed, kept one release as aliases that warn: `--world_size` (a demo world's
+#: size) read like `TrainingArguments.world_size` (the number of processes).
+DEPRECATED_FLAGS = ("--world_size",)
 
 
 def parse_recipe_args(parser, default_config=None, argv=None):
@@ -143,12 +146,56 @@ def parse_recipe_args(parser, default_config=None, argv=None):
 
     argv = list(sys.argv[1:] if argv is None else argv)
     named = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
+    argv, renamed_config = _renamed_flags(parser, argv, named)
     user_run = bool(named & set(USER_RUN_FLAGS))
     if "--config" not in named and not user_run and default_config is not None and Path(default_config).is_file():
         argv = ["--config", str(default_config), *argv]
     if not torch.accelerator.is_available():
         parser.set_defaults(bf16=False, use_cpu=True, **no_activation_checkpointing())
-    return parser.parse_args_and_config(argv)
+    try:
+        return parser.parse_args_and_config(argv)
+    finally:
+        if renamed_config:
+            os.unlink(renamed_config)
+
+
+def _renamed_flags(parser, argv, named) -> tuple[list, str | None]:
+    """`argv` with the deprecated aliases of the `--config` YAML renamed (TRL refuses YAML keys it
+    has no field for) in a temporary copy (returned second, for the caller to remove), and a
+    FutureWarning for each deprecated alias given as a flag or a key."""
+    import tempfile
+    import warnings
+
+    import yaml
+
+    new_name = {old: f"--{action.dest}" for action in parser._actions for old in action.option_strings if old in DEPRECATED_FLAGS}
+    for old in sorted(set(new_name) & named):
+        warnings.warn(f"the flag {old} is deprecated and will be removed in the next release; use {new_name[old]} "
+                      f"(the same value)", FutureWarning, stacklevel=3)
+    argv = list(argv)
+    for k, arg in enumerate(argv):
+        inline = arg.startswith("--config=")
+        if not (inline or (arg == "--config" and k + 1 < len(argv))):
+            continue
+        path = arg.split("=", 1)[1] if inline else argv[k + 1]
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            config = yaml.safe_load(f) or {}
+        stale = [key for key in config if f"--{key}" in new_name]
+        if not stale:
+            continue
+        for key in stale:
+            new = new_name[f"--{key}"]
+            warnings.warn(f"the config key {key} is deprecated and will be removed in the next release; use {new} "
+                          f"(the same value), in {path}", FutureWarning, stacklevel=3)
+            config.setdefault(new[2:], config[key])
+            del config[key]
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="recipe-config-", delete=False) as f:
+            yaml.safe_dump(config, f)
+        argv[k : k + (1 if inline else 2)] = ["--config", f.name]
+        return argv, f.name
+    return argv, None
 
 
 def load_model_and_tokenizer(model_args, training_args):

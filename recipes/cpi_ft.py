@@ -3,7 +3,7 @@
 Runs on the embedded multi-task world with no arguments, or on any Hub model and datasets by flag:
 
     accelerate launch recipes/cpi_ft.py                                   # multi-task world (tiny)
-    accelerate launch recipes/cpi_ft.py --world_size small --cpi_core_share 0.02
+    accelerate launch recipes/cpi_ft.py --multitask_world_size small --cpi_core_share 0.02
     accelerate launch recipes/cpi_ft.py --model_name_or_path Qwen/Qwen2.5-0.5B \\
         --task_datasets math=openai/gsm8k:main code=sahil2801/CodeAlpaca-20k --bf16 true
     accelerate launch recipes/cpi_ft.py --model_name_or_path ORG/MODEL --dataset_name ORG/MIXED \\
@@ -40,7 +40,10 @@ class CPIFTScriptArguments(ScriptArguments):
         metadata={"help": "One dataset per task as NAME=DATASET[:CONFIG] (repeatable, Hub ids or local); each "
                   "dataset's rows get task NAME. Alternative to --dataset_name with a task column."},
     )
-    world_size: str = field(default="tiny", metadata={"help": "Multi-task world size when no dataset is given."})
+    multitask_world_size: str = field(
+        default="tiny",
+        metadata={"help": "Multi-task world size when no dataset is given. (old name, deprecated: --world_size)", "aliases": ["--world_size"]},
+    )
     world_seed: int = field(default=0, metadata={"help": "Multi-task world seed when no dataset is given."})
     world_version: int = field(
         default=2, metadata={"help": "Multi-task world version when no dataset is given: 2 (four skills, the default) or 1 (one input format)."}
@@ -107,8 +110,8 @@ def main(script_args: CPIFTScriptArguments, training_args: CPIFTConfig, model_ar
     if script_args.dataset_name is None and not script_args.task_datasets:
         from hf_ilp.world import build_multitask_world
 
-        _log(f"multi-task world '{script_args.world_size}' (seed {script_args.world_seed})")
-        world = build_multitask_world(script_args.world_size, seed=script_args.world_seed, version=script_args.world_version)
+        _log(f"multi-task world '{script_args.multitask_world_size}' (seed {script_args.world_seed})")
+        world = build_multitask_world(script_args.multitask_world_size, seed=script_args.world_seed, version=script_args.world_version)
         base, tokenizer, train, tasks = world.base_model_path, world.tokenizer, world.train, world.tasks
     else:
         if model_args.model_name_or_path is None:

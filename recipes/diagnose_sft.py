@@ -5,7 +5,7 @@ where the five causes of incomplete learning are planted, and reports the unlear
 planted cause; any Hub model and dataset work by flag:
 
     accelerate launch recipes/diagnose_sft.py                                   # ILP-World small
-    accelerate launch recipes/diagnose_sft.py --world_size tiny --num_train_epochs 5
+    accelerate launch recipes/diagnose_sft.py --ilp_world_size tiny --num_train_epochs 5
     accelerate launch recipes/diagnose_sft.py --model_name_or_path Qwen/Qwen2.5-0.5B \\
         --dataset_name trl-lib/tldr --bf16 true
 
@@ -44,7 +44,10 @@ from hf_ilp.world.evaluate import unlearned_by_cause
 class DiagnoseScriptArguments(ScriptArguments):
     """Data options; without `--dataset_name` the embedded ILP-World is used."""
 
-    world_size: str = field(default="small", metadata={"help": "ILP-World size ('tiny' or 'small') when no dataset is given."})
+    ilp_world_size: str = field(
+        default="small",
+        metadata={"help": "ILP-World size ('tiny' or 'small') when no dataset is given. (old name, deprecated: --world_size)", "aliases": ["--world_size"]},
+    )
     world_seed: int = field(default=0, metadata={"help": "ILP-World seed when no dataset is given."})
     world_cache_dir: str | None = field(
         default=None, metadata={"help": "ILP-World cache folder (default: $HF_ILP_CACHE or ~/.cache/hf_ilp)."}
@@ -75,8 +78,8 @@ def load_data(script_args: DiagnoseScriptArguments, training_args: SFTConfig, mo
     if script_args.dataset_name is None:
         from hf_ilp.world import build_world
 
-        _say(f"ILP-World '{script_args.world_size}' (seed {script_args.world_seed}): building or loading from cache")
-        world = build_world(script_args.world_size, seed=script_args.world_seed, cache_dir=script_args.world_cache_dir)
+        _say(f"ILP-World '{script_args.ilp_world_size}' (seed {script_args.world_seed}): building or loading from cache")
+        world = build_world(script_args.ilp_world_size, seed=script_args.world_seed, cache_dir=script_args.world_cache_dir)
         train = world.train
         _say(f"ILP-World ready at {world.path}: {len(train)} training samples in stages {sorted(set(train['stage']))}")
     else:
@@ -151,7 +154,7 @@ def main(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_a
         write_json_atomic(out / "diagnose_summary.json", summary)
         _print_summary(summary)
         # model card with the diagnosis in final_model/; pushed with --push_to_hub
-        trained_on = script_args.dataset_name or f"ilp-world-{script_args.world_size}-seed{script_args.world_seed}"
+        trained_on = script_args.dataset_name or f"ilp-world-{script_args.ilp_world_size}-seed{script_args.world_seed}"
         pushed = publish_run(trainer, report, hub, trained_on=trained_on, train_dataset=train, folder=out / "final_model")
         if pushed is not None:
             _say(f"pushed model {pushed.model_repo_id} and diagnosis dataset {pushed.dataset_repo_id}")

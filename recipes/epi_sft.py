@@ -32,7 +32,10 @@ from hf_ilp.isolation import EvolvingIsolationCallback, IsolationConfig
 class EPIScriptArguments(ScriptArguments):
     """Data options; without `--dataset_name` the embedded multi-task world is used."""
 
-    world_size: str = field(default="tiny", metadata={"help": "Multi-task world size ('tiny' or 'small') when no dataset is given."})
+    multitask_world_size: str = field(
+        default="tiny",
+        metadata={"help": "Multi-task world size ('tiny' or 'small') when no dataset is given. (old name, deprecated: --world_size)", "aliases": ["--world_size"]},
+    )
     world_seed: int = field(default=0, metadata={"help": "Multi-task world seed when no dataset is given."})
     world_version: int = field(
         default=2, metadata={"help": "Multi-task world version when no dataset is given: 2 (four skills, the default) or 1 (one input format)."}
@@ -52,8 +55,8 @@ def _load(script_args: EPIScriptArguments, training_args, model_args: ModelConfi
     if script_args.dataset_name is None:
         from hf_ilp.world import build_multitask_world
 
-        print(f"[epi_sft] multi-task world '{script_args.world_size}' (seed {script_args.world_seed})", flush=True)
-        world = build_multitask_world(script_args.world_size, seed=script_args.world_seed, version=script_args.world_version)
+        print(f"[epi_sft] multi-task world '{script_args.multitask_world_size}' (seed {script_args.world_seed})", flush=True)
+        world = build_multitask_world(script_args.multitask_world_size, seed=script_args.world_seed, version=script_args.world_version)
         return world.load_base_model(), world.tokenizer, world.train.select_columns(["prompt", "completion"]), world
     from datasets import load_dataset
 

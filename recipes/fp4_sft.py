@@ -37,7 +37,10 @@ class FP4ScriptArguments(ScriptArguments):
     fp4_group_size: int = field(
         default=32, metadata={"help": "FP4 scaling group: block size (16, 32), -1 row, 0 tensor."}
     )
-    world_size: str = field(default="tiny", metadata={"help": "ILP-World size when no dataset is given."})
+    ilp_world_size: str = field(
+        default="tiny",
+        metadata={"help": "ILP-World size when no dataset is given. (old name, deprecated: --world_size)", "aliases": ["--world_size"]},
+    )
     world_seed: int = field(default=0, metadata={"help": "ILP-World seed when no dataset is given."})
 
 
@@ -49,8 +52,8 @@ def _load(script_args: FP4ScriptArguments, training_args, model_args: ModelConfi
     if script_args.dataset_name is None:
         from hf_ilp.world import build_world
 
-        print(f"[fp4_sft] ILP-World '{script_args.world_size}' (seed {script_args.world_seed})", flush=True)
-        world = build_world(script_args.world_size, seed=script_args.world_seed)
+        print(f"[fp4_sft] ILP-World '{script_args.ilp_world_size}' (seed {script_args.world_seed})", flush=True)
+        world = build_world(script_args.ilp_world_size, seed=script_args.world_seed)
         keep = ["prompt", "completion"]
         return (world.load_base_model(), world.tokenizer, world.train.select_columns(keep),
                 world.validation.select_columns(keep))

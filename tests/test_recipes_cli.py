@@ -33,3 +33,32 @@ def test_recipe_help_and_default_config(path, tmp_path):
     )
     assert training_args.output_dir == str(tmp_path / "out")  # the command line wins over the YAML
     assert training_args.bf16 is False and training_args.use_cpu is True  # no accelerator here
+
+
+DEMO_WORLD_RECIPES = {"diagnose_sft": "ilp_world_size", "fp4_sft": "ilp_world_size",
+                      "epi_sft": "multitask_world_size", "cpi_ft": "multitask_world_size"}
+
+
+@pytest.mark.parametrize("name", sorted(DEMO_WORLD_RECIPES))
+def test_old_world_size_flag_still_works_and_warns(name, tmp_path):
+    """`--world_size` (a demo world's size, easily read as the number of processes) was renamed;
+    the old flag and the old YAML key still set the new field, with a FutureWarning."""
+    from hf_ilp.training import parse_recipe_args
+
+    recipe = _load(Path(__file__).parents[1] / "recipes" / f"{name}.py")
+    new = DEMO_WORLD_RECIPES[name]
+    out = ["--output_dir", str(tmp_path / "out")]
+    with pytest.warns(FutureWarning, match=f"flag --world_size is deprecated.*--{new}"):
+        script_args = parse_recipe_args(recipe.make_parser(), None, argv=[*out, "--world_size", "small"])[0]
+    assert getattr(script_args, new) == "small"
+    old_yaml = tmp_path / "old.yaml"
+    old_yaml.write_text("world_size: small\n")
+    with pytest.warns(FutureWarning, match=f"config key world_size is deprecated.*--{new}"):
+        script_args = parse_recipe_args(recipe.make_parser(), None, argv=["--config", str(old_yaml), *out])[0]
+    assert getattr(script_args, new) == "small"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        script_args = parse_recipe_args(recipe.make_parser(), None, argv=[*out, f"--{new}", "small"])[0]
+    assert getattr(script_args, new) == "small"

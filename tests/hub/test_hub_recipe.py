@@ -18,7 +18,7 @@ def test_recipe_pushes_model_card_and_diagnosis(hub, tiny_world, world_cache_dir
     env = {**os.environ, "HF_ILP_CACHE": str(world_cache_dir), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
            "HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "hf_" + "r" * 34}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", str(RECIPE),
-           "--world_size", "tiny", "--output_dir", str(out), "--disable_tqdm", "true",
+           "--ilp_world_size", "tiny", "--output_dir", str(out), "--disable_tqdm", "true",
            "--push_to_hub", "true", "--hub_model_id", "grace/ilp-tiny"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

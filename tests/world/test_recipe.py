@@ -18,7 +18,7 @@ CONFIG = ROOT / "recipes" / "configs" / "diagnose_sft.yaml"
 def _run_recipe(world_cache_dir, out, *flags, seed=0):
     env = {**os.environ, "HF_ILP_CACHE": str(world_cache_dir), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", str(RECIPE),
-           "--world_size", "tiny", "--world_seed", str(seed), "--output_dir", str(out), "--disable_tqdm", "true", *flags]
+           "--ilp_world_size", "tiny", "--world_seed", str(seed), "--output_dir", str(out), "--disable_tqdm", "true", *flags]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
