@@ -154,7 +154,7 @@ def _status_kib(key: str) -> int:
 
 def bench_speed(root: Path, repeats: int) -> None:
     from hf_ilp.fusion import core_regions
-    from hf_ilp.fusion._checkpoint import Checkpoint
+    from hf_ilp.fusion.checkpoint import Checkpoint
     from hf_ilp.isolation.masks import save_masks
 
     a, b = _make_models(root)

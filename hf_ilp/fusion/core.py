@@ -28,12 +28,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from hf_ilp.fusion._checkpoint import open_source
-from hf_ilp.fusion.merge_utils import _block_len, _blocks
+from hf_ilp.fusion.checkpoint import open_source
+from hf_ilp.fusion.merge_utils import block_len, block_ranges
 from hf_ilp.isolation.masks import CompactMask
 
 
-def _check_share(share: float) -> float:
+def check_share(share: float) -> float:
+    """The core share as a float, or a ValueError that names it when it is not in (0, 1)."""
     if not (isinstance(share, (int, float)) and 0.0 < share < 1.0):
         raise ValueError(f"core share must lie strictly between 0 and 1 (p = 1% is 0.01), got {share!r}")
     return float(share)
@@ -59,7 +60,8 @@ def check_compatible(base, others: Mapping[str, object]) -> None:
                 raise ValueError(f"model {label!r}: tensor {name!r} is {o.dtype}, the base {e.dtype}; save both in one dtype")
 
 
-def _is_float(entry) -> bool:
+def is_float(entry) -> bool:
+    """Whether a safetensors header entry holds floating-point values (F16/F32/F64, BF16, F8...)."""
     return entry.dtype.startswith(("F", "BF"))
 
 
@@ -158,7 +160,7 @@ def _estimated_floor(base, task, names, k: int, total: int) -> float:
 
 def _scan(base, task, names, k: int, floor: float) -> _TopK:
     """One pass over every tensor pair: the top k of |task - base| above `floor`."""
-    block = _block_len(max((base.entries[n].numel for n in names), default=1))
+    block = block_len(max((base.entries[n].numel for n in names), default=1))
     top = _TopK(k, block, floor)
     scratch = torch.empty(2, block)
     offset = 0
@@ -166,7 +168,7 @@ def _scan(base, task, names, k: int, floor: float) -> _TopK:
         n = base.entries[name].numel
         for w0 in range(0, n if k else 0, _WINDOW):  # windows mapped one at a time: RSS stays small
             x, y = base.view(name, w0, min(w0 + _WINDOW, n)), task.view(name, w0, min(w0 + _WINDOW, n))
-            for start, stop in _blocks(x.numel()):
+            for start, stop in block_ranges(x.numel()):
                 top.add(_abs_delta(y[start:stop], x[start:stop], scratch), offset + w0 + start)
             del x, y  # releases the mappings
         offset += n
@@ -176,10 +178,10 @@ def _scan(base, task, names, k: int, floor: float) -> _TopK:
 @torch.no_grad()
 def core_regions(base, task, share: float = 0.01) -> dict[str, CompactMask]:
     """Core region of `task`: top `share` of entries by |task - base|, globally over all tensors."""
-    share = _check_share(share)
+    share = check_share(share)
     base, task = open_source(base), open_source(task)
     check_compatible(base, {"task": task})
-    names = [n for n, e in base.entries.items() if _is_float(e)]
+    names = [n for n, e in base.entries.items() if is_float(e)]
     total = sum(base.entries[n].numel for n in names)
     k = round(share * total)
     floor = _estimated_floor(base, task, names, k, total) if k else 0.0

@@ -40,9 +40,9 @@ from pathlib import Path
 import torch
 
 from hf_ilp._io import atomic_dir, write_json_atomic
-from hf_ilp.fusion._checkpoint import Checkpoint, ShardWriter, open_source
-from hf_ilp.fusion.core import _check_share, _is_float, check_compatible, core_regions, group_tasks
-from hf_ilp.fusion.merge_utils import _block_len, _blocks, _check_t, _combine_block, _slerp_coefficients, _work_dtype
+from hf_ilp.fusion.checkpoint import Checkpoint, ShardWriter
+from hf_ilp.fusion.core import check_share, is_float, check_compatible, core_regions, group_tasks
+from hf_ilp.fusion.merge_utils import block_len, block_ranges, check_t, combine_block, slerp_coefficients, work_dtype
 from hf_ilp.isolation.masks import CompactMask, load_masks, save_masks
 
 _TASK_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -114,11 +114,11 @@ def _fuse_tensor(name, base, tasks, factors, cores, writer, scratch) -> int:
     """
     e = base.entries[name]
     cur = base.view(name).reshape(-1)
-    if not _is_float(e):
+    if not is_float(e):
         writer.write(name, cur.reshape(e.shape))
         return 0
     dtype, n = cur.dtype, cur.numel()
-    work = _work_dtype(dtype)
+    work = work_dtype(dtype)
     idx = []
     for task in tasks:
         m = cores[task].get(name)
@@ -128,24 +128,24 @@ def _fuse_tensor(name, base, tasks, factors, cores, writer, scratch) -> int:
     picked = []  # (indices, values, |delta|) per task with core entries here
     for k, (src, factor, i, b0) in enumerate(zip(tasks.values(), factors, idx, before)):
         y = src.view(name).reshape(-1)
-        ca, cb = _slerp_coefficients(cur, y, factor, work=work)
+        ca, cb = slerp_coefficients(cur, y, factor, work=work)
         if i is not None:  # gathered once the pass above has mapped y's pages in order
             v = y[i].to(work)
             picked.append((i, v, (v - b0).abs() if contested else None))
         if k == len(tasks) - 1:
             break
         acc = _buffer(scratch, "acc", n, work)
-        for start, stop in _blocks(n):
-            _combine_block(acc[start:stop], cur[start:stop], y[start:stop], ca, cb)
+        for start, stop in block_ranges(n):
+            combine_block(acc[start:stop], cur[start:stop], y[start:stop], ca, cb)
         cur = acc  # the base's (or the previous task's) mapping is released here
     core_idx, core_val, shared = _winners(picked) if picked else (torch.empty(0, dtype=torch.long), None, 0)
-    blocks = _blocks(n)
+    blocks = block_ranges(n)
     bounds = torch.searchsorted(core_idx, torch.tensor([start for start, _ in blocks] + [n])).tolist()
     local = core_idx - torch.repeat_interleave(torch.tensor([start for start, _ in blocks]), torch.tensor(bounds).diff())
-    out = _buffer(scratch, "out", _block_len(n), work)
-    cast = _buffer(scratch, "cast", _block_len(n), dtype) if dtype != work else None  # e.g. bfloat16 output
+    out = _buffer(scratch, "out", block_len(n), work)
+    cast = _buffer(scratch, "cast", block_len(n), dtype) if dtype != work else None  # e.g. bfloat16 output
     for j, (start, stop) in enumerate(blocks):
-        o = _combine_block(out[: stop - start], cur[start:stop], y[start:stop], ca, cb)
+        o = combine_block(out[: stop - start], cur[start:stop], y[start:stop], ca, cb)
         lo, hi = bounds[j], bounds[j + 1]
         if hi > lo:
             o[local[lo:hi]] = core_val[lo:hi]
@@ -238,8 +238,8 @@ def fuse_checkpoints(
             the fused weights, it orders the pipelined SFT that follows).
         cores: precomputed `{task: core_regions(...)}`; computed here when omitted.
     """
-    t = _check_t(t)
-    core_share = _check_share(core_share)
+    t = check_t(t)
+    core_share = check_share(core_share)
     _check_tasks(tasks)
     base_ck = Checkpoint(base)
     srcs = {name: Checkpoint(path) for name, path in tasks.items()}

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hf_ilp.fusion import core, core_regions, fuse_checkpoints, load_cores, merge_utils, slerp
-from hf_ilp.fusion._checkpoint import Checkpoint, ShardWriter
+from hf_ilp.fusion.checkpoint import Checkpoint, ShardWriter
 
 from tests.fusion._models import perturbed, tiny_llama
 from tests.fusion._reference import hand_cores, slerp_ref, state, two_task_fused
@@ -142,7 +142,7 @@ def test_checkpoint_views_and_windows_match_the_saved_tensors(tmp_path):
 
 
 def test_checkpoint_reads_a_copy_where_files_cannot_be_mapped(tmp_path, monkeypatch):
-    from hf_ilp.fusion import _checkpoint
+    from hf_ilp.fusion import checkpoint as _checkpoint
 
     t = torch.randn(6, 5)
     _raw_model(tmp_path / "m", {"w": t})
