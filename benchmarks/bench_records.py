@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from hf_ilp.tracking.learn_check import _Rows
+from hf_ilp.tracking.learn_check import TokenizedRows
 from hf_ilp.tracking.records import STATE_FILE, build_records, load_records, load_tracker_state, save_records
 
 
 def synthetic(n_rows, n_obs, seed=0):
     rng = np.random.default_rng(seed)
-    rows = _Rows(ids=[[0, 1]] * n_rows, targets=[[0, 1]] * n_rows, names=[f"sample-{i}" for i in range(n_rows)],
+    rows = TokenizedRows(ids=[[0, 1]] * n_rows, targets=[[0, 1]] * n_rows, names=[f"sample-{i}" for i in range(n_rows)],
                  stages=[-1] * n_rows, hashes=[f"{i:016x}" for i in range(n_rows)])
     events = []
     for e in range(n_obs):

@@ -40,8 +40,13 @@ __all__ = ["check_learned"]
 
 
 @dataclass
-class _Rows:
-    """Tokenized rows: token ids and a 0/1 target mask (1 = a completion token to reproduce)."""
+class TokenizedRows:
+    """Tokenized rows (`tokenize_rows`' result), what the learn-check, the tracker and the records share.
+
+    Per row: `ids` (prompt + completion token ids, as the trainer sees them), `targets` (0/1 per
+    position, 1 = a completion token to reproduce), `names` (the row's `id`), `stages` (its
+    `stage`, 0 without one) and `hashes` (`row_hash(ids)`, how the tracker recognizes it in a batch).
+    """
 
     ids: list[list[int]]
     targets: list[list[int]]
@@ -50,6 +55,7 @@ class _Rows:
     hashes: list[str]
 
     def n_targets(self) -> np.ndarray:
+        """Completion tokens to reproduce per row (the first position never is one)."""
         return np.array([sum(t[1:]) for t in self.targets], dtype=np.int64)
 
 
@@ -128,7 +134,7 @@ def _tokenize_plain_pairs(dataset, tokenizer):
         yield list(f_ids), [0] * start + [1] * (len(f_ids) - start)
 
 
-def tokenize_rows(dataset, tokenizer, max_length=None, truncation_mode="keep_start", chat_template=None) -> _Rows:
+def tokenize_rows(dataset, tokenizer, max_length=None, truncation_mode="keep_start", chat_template=None) -> TokenizedRows:
     """Tokenize `dataset` like TRL's SFTTrainer; names come from an `id` column, else the row hash."""
     if truncation_mode not in ("keep_start", "keep_end"):
         raise ValueError(f"truncation_mode must be 'keep_start' or 'keep_end', got {truncation_mode!r}")
@@ -158,7 +164,7 @@ def tokenize_rows(dataset, tokenizer, max_length=None, truncation_mode="keep_sta
     extra = column_lists(dataset, [c for c in ("id", "stage") if c in columns])
     names = [str(x) for x in extra["id"]] if "id" in extra else list(hashes)
     stages = [int(s) for s in extra["stage"]] if "stage" in extra else [-1] * len(ids)
-    return _Rows(ids, targets, names, stages, hashes)
+    return TokenizedRows(ids, targets, names, stages, hashes)
 
 
 def _accepts(model, name: str) -> bool:
@@ -221,7 +227,7 @@ def position_chunks(batch: int, positions: int, vocab: int, budget: int = LOGITS
 
 @torch.no_grad()
 def score_rows(
-    model, rows: _Rows, indices, batch_size=32, num_samples=5, temperature=1.0, progress=True, desc="learn-check",
+    model, rows: TokenizedRows, indices, batch_size=32, num_samples=5, temperature=1.0, progress=True, desc="learn-check",
     chunk_elements: int = LOGITS_CHUNK_ELEMENTS,
 ) -> dict[str, np.ndarray]:
     """Teacher-forced scores of `rows[indices]` (each with at least one target) in batched forward passes.

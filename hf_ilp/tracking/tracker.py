@@ -27,7 +27,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 
-from hf_ilp.tracking.learn_check import _Rows, column_lists, pass_at_n, position_chunks, row_hash, score_rows, tokenize_rows
+from hf_ilp.tracking.learn_check import TokenizedRows, column_lists, pass_at_n, position_chunks, row_hash, score_rows, tokenize_rows
 from hf_ilp.tracking.records import RECORDS_DIRNAME, SCHEMA_VERSION, build_records, load_tracker_state, save_records
 
 @dataclass
@@ -128,7 +128,7 @@ class LearnTracker(TrainerCallback):
     def __init__(self, dataset=None, config: LearnTrackerConfig | None = None):
         self.dataset = dataset
         self.config = config or LearnTrackerConfig()
-        self.rows: _Rows | None = None
+        self.rows: TokenizedRows | None = None
         self._index: dict[str, list[int]] = {}
         self._targets: list[np.ndarray] = []
         self._events: list[dict] = []

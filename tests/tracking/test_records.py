@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from hf_ilp.tracking.learn_check import _Rows
+from hf_ilp.tracking.learn_check import TokenizedRows
 from hf_ilp.tracking.records import EVENTS_FILE, STATE_FILE, build_records, load_records, load_tracker_state, save_records
 
 
 def _rows(n):
-    return _Rows(
+    return TokenizedRows(
         ids=[[1, 2, 3]] * n,
         targets=[[0, 0, 1] if i % 7 else [0, 0, 0] for i in range(n)],
         names=[f"row-{i}" for i in range(n)],
