@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -334,8 +333,15 @@ def _html_page(report, extra) -> bytes:
 
 
 def _check_repo_id(repo_id, name) -> None:
-    if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.\-]+/[\w.\-]+", repo_id):
+    """The Hub's own rules for a repo id (`validate_repo_id`), plus a namespace: a push names its owner."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
         raise ValueError(f"{name} must look like 'user/name' (a Hub repo id), got {repo_id!r}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f"{name} must look like 'user/name' (a Hub repo id), got {repo_id!r}: {e}") from None
 
 
 def _check_uploads(output_dir: Path, extra) -> None:

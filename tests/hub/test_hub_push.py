@@ -274,3 +274,15 @@ def test_a_run_made_without_hub_settings_is_pushed_later_by_cli(hub, make_report
     assert main(["push", str(out), "--hub_model_id", "henry/later"]) == 0
     loaded = hf_ilp.load_report("henry/later", samples=True)
     assert loaded.counts == report.counts and loaded.summary["diagnosis_dataset"] == "henry/later-ilp-diagnosis"
+
+
+@pytest.mark.parametrize("repo_id", ["gpt2", "a/b/c", "user/na--me", "user/name.", "../x", "user/with space", None])
+def test_bad_repo_ids_are_refused_before_anything_is_written(make_report, tmp_path, repo_id):
+    from hf_ilp.hub.push import prepare_push
+
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="hub_model_id must look like 'user/name'"):
+        prepare_push(out, make_report(), hub_model_id=repo_id)
+    with pytest.raises(ValueError, match="dataset_repo_id must look like 'user/name'"):
+        prepare_push(out, make_report(), hub_model_id="user/model", dataset_repo_id=repo_id or "a/b/c")
+    assert not out.exists()
