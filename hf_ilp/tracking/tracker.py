@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
@@ -91,9 +90,9 @@ def _all_gather(obj, args) -> list:
     """`obj` of every process of the run, in rank order (the trainer's view: `args.world_size`)."""
     if args.world_size == 1:
         return [obj]
-    out = [None] * args.world_size
-    dist.all_gather_object(out, obj)
-    return out
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])
 
 
 class LearnTracker(TrainerCallback):
