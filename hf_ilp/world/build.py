@@ -97,6 +97,20 @@ class World:
         known = self.validation.filter(lambda c: c != "missing_knowledge", input_columns="world_cause")
         return known.remove_columns("world_cause")
 
+    def knowledge_source(self, complete: bool = True):
+        """The world's documents as a lexical `hf_ilp.interventions.BM25KnowledgeSource` (distinct
+        lines, in corpus order): what a user's own document collection is to the interventions.
+
+        `complete=True` (default) searches the world's counterfactual corpus, which states every fact
+        the SFT set relies on as the SFT set states it: the role of the "authoritative" external
+        documents of the paper, since the world's own pre-training corpus (`complete=False`) lacks
+        the missing facts by construction. Only the text is generated; no model is trained.
+        """
+        from hf_ilp.interventions.knowledge import BM25KnowledgeSource
+
+        texts = generate(self.spec, self.seed, complete_knowledge=True).corpus if complete else self.corpus["text"]
+        return BM25KnowledgeSource(list(dict.fromkeys(texts)))
+
     def load_base_model(self, **kwargs):
         """A fresh copy of the pre-trained base model (`AutoModelForCausalLM.from_pretrained`)."""
         from transformers import AutoModelForCausalLM

@@ -207,3 +207,17 @@ def test_cli_world_build(tiny_world, world_cache_dir, tmp_path, capsys):
     assert (out / "base_model" / "model.safetensors").is_file() and (out / "data" / "probes").is_dir()
     assert cli_main(["world", "build", "--size", "huge", "--out", str(tmp_path / "x"), "--cache-dir", str(world_cache_dir)]) == 2
     assert "unknown ILP-World size 'huge'" in capsys.readouterr().err
+
+
+def test_the_world_serves_its_own_documents_to_the_interventions(tiny_world):
+    """`world.knowledge_source()`: the complete corpus (every fact the SFT set relies on) as a BM25
+    source; the pre-training corpus lacks the missing facts, so it holds no more lines."""
+    from hf_ilp.interventions import BM25KnowledgeSource, world_knowledge_source
+
+    complete, own = tiny_world.knowledge_source(), tiny_world.knowledge_source(complete=False)
+    assert isinstance(complete, BM25KnowledgeSource) and len(complete.texts) == len(set(complete.texts))
+    assert set(own.texts) == set(tiny_world.corpus["text"]) and len(complete.texts) >= len(own.texts)
+    fact = complete.texts[0]
+    assert fact in complete.retrieve([fact], k=3)[0]
+    with pytest.warns(DeprecationWarning, match="world.knowledge_source"):
+        assert world_knowledge_source(tiny_world).texts == complete.texts
