@@ -219,7 +219,6 @@ def main(argv=None):
     from hf_ilp import LearnTracker
     from hf_ilp.diagnosis import diagnose
     from hf_ilp.interventions import InterventionConfig, intervene
-    from hf_ilp.interventions.knowledge import world_knowledge_source
     from hf_ilp.training import train_stages
     from hf_ilp.world import build_world
 
@@ -247,7 +246,7 @@ def main(argv=None):
                              cpt_batch_size=a.cpt_batch_size)
     # documents to retrieve from: the world's complete corpus (it states the facts the SFT set needs);
     # general text: the world's own pre-training corpus, as a user would mix in their general data
-    source = world_knowledge_source(world)
+    source = world.knowledge_source()
     general = world.corpus["text"]
     results, both_right = [], None
     for spec in a.causes.split(","):
