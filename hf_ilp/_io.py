@@ -58,25 +58,3 @@ def write_text_atomic(path, text: str) -> None:
 def write_json_atomic(path, obj) -> None:
     """Write `obj` as indented JSON to `path` through a temporary file in the same folder."""
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
-
-
-@contextlib.contextmanager
-def main_process_first():
-    """Run the block on global rank 0 first, then on the other ranks; yield whether this is rank 0.
-
-    Once `torch.distributed` is initialized (any `accelerate launch` / `torchrun` run),
-    transformers' `save_pretrained` writes only on rank 0. A cache that every process may fill
-    must therefore be filled by rank 0 while the others wait, then read by them. Outside a
-    process group this is a plain block on the main process.
-    """
-    import torch.distributed as dist
-
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    is_main = not distributed or dist.get_rank() == 0
-    if not is_main:
-        dist.barrier()
-    try:
-        yield is_main
-    finally:
-        if distributed and is_main:
-            dist.barrier()

@@ -18,17 +18,15 @@ causal checks: the corpus states every fact the SFT set relies on, as the SFT se
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hf_ilp._io import atomic_dir, main_process_first, write_json_atomic
+from hf_ilp._io import atomic_dir, write_json_atomic
+from hf_ilp.world._cache import CorruptWorldError, default_cache_dir  # noqa: F401  (public here too)
+from hf_ilp.world._cache import build_or_load, checksums, spec_hash, verified_meta, writable_cache_dir
 from hf_ilp.world.generate import ILP_STYLE, ROSTER_STYLE, WorldSpec, generate
 
 logger = logging.getLogger(__name__)
@@ -171,14 +169,6 @@ class World:
         )
 
 
-class CorruptWorldError(RuntimeError):
-    """A world folder whose files are missing or do not match the checksums in its `world.json`."""
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("HF_ILP_CACHE") or Path.home() / ".cache" / "hf_ilp")
-
-
 def build_world(size: str = "tiny", seed: int = 0, cache_dir=None, rebuild: bool = False, complete_knowledge: bool = False,
                 both_right_pairs: int = 0) -> World:
     """Build ILP-World of `size` ("tiny" or "small") and `seed`, or load it from the cache.
@@ -197,39 +187,12 @@ def build_world(size: str = "tiny", seed: int = 0, cache_dir=None, rebuild: bool
         raise ValueError(f"ILP-World seed must be a non-negative integer, got {seed!r}")
     if isinstance(both_right_pairs, bool) or not isinstance(both_right_pairs, int) or both_right_pairs < 0:
         raise ValueError(f"both_right_pairs must be a non-negative integer, got {both_right_pairs!r}")
-    root = _writable_cache_dir(cache_dir)
+    root = writable_cache_dir(cache_dir, "ILP-World")
     spec = SIZES[size]
-    key = f"ilp-world-v{WORLD_VERSION}-{_spec_hash(spec)}-{size}-seed{seed}" + ("-complete" if complete_knowledge else "")
-    key += f"-bothright{both_right_pairs}" if both_right_pairs else ""
-    path = root / key
-    from filelock import FileLock
-
-    with main_process_first() as is_main, FileLock(str(root / f".{key}.lock")):
-        if path.exists() and not (rebuild and is_main):
-            try:
-                return World.load(path)
-            except CorruptWorldError as err:
-                logger.warning("ILP-World cache entry %s is corrupt (%s); rebuilding it", path, err)
-        _build(spec, size, seed, complete_knowledge, path, both_right_pairs)
-        return World.load(path)
-
-
-def _writable_cache_dir(cache_dir) -> Path:
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=root):
-            pass
-    except OSError as err:
-        raise PermissionError(
-            f"the ILP-World cache directory {str(root)!r} cannot be written ({err.strerror or err}); "
-            "pass cache_dir= (--cache-dir) or set HF_ILP_CACHE to a writable folder"
-        ) from err
-    return root
-
-
-def _spec_hash(spec: WorldSpec) -> str:
-    return hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode()).hexdigest()[:8]
+    key = f"ilp-world-v{WORLD_VERSION}-{spec_hash(dataclasses.asdict(spec))}-{size}-seed{seed}"
+    key += ("-complete" if complete_knowledge else "") + (f"-bothright{both_right_pairs}" if both_right_pairs else "")
+    return build_or_load(root, key, lambda path: _build(spec, size, seed, complete_knowledge, path, both_right_pairs),
+                         World.load, rebuild=rebuild, what="ILP-World")
 
 
 def _build(spec: WorldSpec, size: str, seed: int, complete_knowledge: bool, path: Path, both_right_pairs: int = 0) -> None:
@@ -295,7 +258,7 @@ def _build(spec: WorldSpec, size: str, seed: int, complete_knowledge: bool, path
             "base_reproduces_normal_train": base_known,
             "build_seconds": time.perf_counter() - start,
         }
-        meta["files"] = {rel: _sha256(tmp / rel) for rel in _files(tmp)}
+        meta["files"] = checksums(tmp, "world.json")
         write_json_atomic(tmp / "world.json", meta)
     logger.info("ILP-World %s (seed %d) built in %.1f s: %s", size, seed, meta["build_seconds"], path)
 
@@ -314,29 +277,10 @@ def _quiet_datasets():
             datasets.enable_progress_bars()
 
 
-def _files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != "world.json")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _verified_meta(path: Path) -> dict:
+    meta = verified_meta(path, "world.json")
     try:
-        meta = json.loads((path / "world.json").read_text())
-        expected = meta["files"]
         WorldSpec(**meta["spec"]), int(meta["seed"]), str(meta["size"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError) as err:
         raise CorruptWorldError(f"{path / 'world.json'} is missing or unreadable: {err}") from err
-    for rel, digest in expected.items():
-        file = path / rel
-        if not file.is_file():
-            raise CorruptWorldError(f"{file} is missing")
-        if _sha256(file) != digest:
-            raise CorruptWorldError(f"{file} does not match its checksum")
     return meta

@@ -96,3 +96,19 @@ def test_version_2_world_builds_and_evaluates(tmp_path):
     assert set(scores) == set(world.tasks) and all(0.0 <= v <= 1.0 for v in scores.values())
     with pytest.raises(ValueError, match="version"):
         build_multitask_world("tiny", version=3)
+
+
+def test_cache_entry_is_checked_and_a_corrupt_one_rebuilt(tmp_path):
+    """The multi-task world's cache has ILP-World's guarantees: checksums on load, rebuild when corrupt."""
+    from hf_ilp.world.build import CorruptWorldError
+    from hf_ilp.world.multitask import MultiTaskWorld
+
+    world = build_multitask_world("tiny", seed=1, cache_dir=tmp_path, version=2)
+    assert world.path.name.startswith("multitask2-") and "-tiny-seed1" in world.path.name
+    shard = next((world.path / "train").glob("*.arrow"))
+    shard.write_bytes(shard.read_bytes()[:-8] + b"corrupt!")
+    with pytest.raises(CorruptWorldError, match="checksum"):
+        MultiTaskWorld(path=world.path, size="tiny", seed=1, version=2)
+    again = build_multitask_world("tiny", seed=1, cache_dir=tmp_path, version=2)  # rebuilt, not reused
+    assert again.train["prompt"] == world.train["prompt"]
+    assert {p.name for p in tmp_path.iterdir() if not p.name.startswith(".")} == {world.path.name}
