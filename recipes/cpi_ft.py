@@ -26,7 +26,8 @@ from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments, TrlParser
 
-from hf_ilp.training import load_model_and_tokenizer, parse_recipe_args, recipe_config, save_final_model
+from hf_ilp.recipes import load_model_and_tokenizer, parse_recipe_args, recipe_config, recipe_logger
+from hf_ilp.training import save_final_model
 from hf_ilp._io import atomic_dir, write_json_atomic
 from hf_ilp.fusion import CPIFTConfig, run_cpi_ft
 
@@ -50,9 +51,8 @@ class CPIFTScriptArguments(ScriptArguments):
     )
 
 
-def _log(msg: str) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"[cpi_ft] {msg}", flush=True)
+log = recipe_logger("cpi_ft")
+_log = log.info
 
 
 def _hub_data(script_args: CPIFTScriptArguments, column: str):

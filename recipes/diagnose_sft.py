@@ -34,8 +34,8 @@ from hf_ilp._io import write_json_atomic
 from hf_ilp.diagnosis import DiagnoserConfig, across_processes, diagnose, log_report
 from hf_ilp.diagnosis.display import print_summary
 from hf_ilp.hub import publish_run, take_hub_settings
-from hf_ilp.training import (load_model_and_tokenizer, parse_recipe_args, prefixed_arguments, recipe_config, save_final_model,
-                             train_stages)
+from hf_ilp.recipes import load_model_and_tokenizer, parse_recipe_args, prefixed_arguments, recipe_config, recipe_logger
+from hf_ilp.training import save_final_model, train_stages
 from hf_ilp.tracking import LearnTracker, LearnTrackerConfig
 from hf_ilp.world.evaluate import unlearned_by_cause
 
@@ -67,9 +67,8 @@ TrackerArguments = prefixed_arguments(LearnTrackerConfig, "tracker_", "TrackerAr
 DiagnosisArguments = prefixed_arguments(DiagnoserConfig, "diagnosis_", "DiagnosisArguments")
 
 
-def _say(message: str) -> None:
-    if PartialState().is_main_process:  # one line per run, not per process
-        print(f"[diagnose_sft] {message}", flush=True)
+log = recipe_logger("diagnose_sft")
+_say = log.info  # one line per run, from the main process
 
 
 def load_data(script_args: DiagnoseScriptArguments, training_args: SFTConfig, model_args: ModelConfig):
@@ -170,7 +169,6 @@ def _intervene(script_args, training_args, model_args, trainer, tracker, tokeniz
     """Run `hf_ilp.interventions` for the requested causes and print the diagnosis before and after."""
     from hf_ilp.diagnosis.report import DiagnosisReport
     from hf_ilp.interventions import BM25KnowledgeSource, format_before_after, intervene_and_rediagnose
-    from hf_ilp.interventions.knowledge import world_knowledge_source
 
     out = Path(training_args.output_dir)
     PartialState().wait_for_everyone()  # the diagnosis is written by the main process
@@ -184,7 +182,7 @@ def _intervene(script_args, training_args, model_args, trainer, tracker, tokeniz
                   else load_dataset(script_args.knowledge_corpus, split="train"))
         source = BM25KnowledgeSource(corpus["text"])
     elif world is not None:
-        source = world_knowledge_source(world)
+        source = world.knowledge_source()
     if world is not None:
         eval_dataset = world.stopping_validation()
     elif script_args.dataset_test_split and training_args.eval_strategy != "no":

@@ -23,10 +23,13 @@ from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
-from hf_ilp.training import load_model_and_tokenizer, parse_recipe_args, recipe_config, save_final_model
+from hf_ilp.recipes import load_model_and_tokenizer, parse_recipe_args, recipe_config, recipe_logger
+from hf_ilp.training import save_final_model
 from hf_ilp._io import write_json_atomic
 from hf_ilp.isolation import EvolvingIsolationCallback, IsolationConfig
 
+
+log = recipe_logger("epi_sft")
 
 @dataclass
 class EPIScriptArguments(ScriptArguments):
@@ -55,7 +58,7 @@ def _load(script_args: EPIScriptArguments, training_args, model_args: ModelConfi
     if script_args.dataset_name is None:
         from hf_ilp.world import build_multitask_world
 
-        print(f"[epi_sft] multi-task world '{script_args.multitask_world_size}' (seed {script_args.world_seed})", flush=True)
+        log.info(f"multi-task world '{script_args.multitask_world_size}' (seed {script_args.world_seed})")
         world = build_multitask_world(script_args.multitask_world_size, seed=script_args.world_seed, version=script_args.world_version)
         return world.load_base_model(), world.tokenizer, world.train.select_columns(["prompt", "completion"]), world
     from datasets import load_dataset
@@ -73,8 +76,8 @@ def main(script_args: EPIScriptArguments, training_args: EPISFTConfig, model_arg
     if training_args.isolation != "none":
         iso = IsolationConfig(**{k: getattr(training_args, k) for k in IsolationConfig.__dataclass_fields__})
         callbacks.append(EvolvingIsolationCallback(iso))
-        print(f"[epi_sft] isolation {iso.isolation}: p={iso.isolation_ratio}, K={iso.isolation_interval}, "
-              f"importance {iso.isolation_importance}", flush=True)
+        log.info(f"isolation {iso.isolation}: p={iso.isolation_ratio}, K={iso.isolation_interval}, "
+              f"importance {iso.isolation_importance}")
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer,
                          peft_config=get_peft_config(model_args), callbacks=callbacks)
     result = trainer.train()
@@ -90,9 +93,9 @@ def main(script_args: EPIScriptArguments, training_args: EPISFTConfig, model_arg
     if trainer.is_world_process_zero():
         write_json_atomic(out / "epi_summary.json", summary)
         acc = ", ".join(f"{t} {a:.2f}" for t, a in summary.get("accuracy", {}).items())
-        print(f"[epi_sft] done ({training_args.isolation}): train loss {result.training_loss:.4f}"
+        log.info(f"done ({training_args.isolation}): train loss {result.training_loss:.4f}"
               + (f"; exact match per task: {acc}; average {summary['average']:.3f}" if acc else "")
-              + f"; model in {out / 'final_model'}", flush=True)
+              + f"; model in {out / 'final_model'}")
     return summary
 
 

@@ -20,10 +20,13 @@ from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
-from hf_ilp.training import load_model_and_tokenizer, parse_recipe_args, recipe_config, save_final_model
+from hf_ilp.recipes import load_model_and_tokenizer, parse_recipe_args, recipe_config, recipe_logger
+from hf_ilp.training import save_final_model
 from hf_ilp._io import write_json_atomic
 from hf_ilp.fp4 import FP4Linear, HalfSConfig, HalfSFP4TrainerMixin, backends
 
+
+log = recipe_logger("fp4_sft")
 
 @dataclass
 class FP4ScriptArguments(ScriptArguments):
@@ -52,7 +55,7 @@ def _load(script_args: FP4ScriptArguments, training_args, model_args: ModelConfi
     if script_args.dataset_name is None:
         from hf_ilp.world import build_world
 
-        print(f"[fp4_sft] ILP-World '{script_args.ilp_world_size}' (seed {script_args.world_seed})", flush=True)
+        log.info(f"ILP-World '{script_args.ilp_world_size}' (seed {script_args.world_seed})")
         world = build_world(script_args.ilp_world_size, seed=script_args.world_seed)
         keep = ["prompt", "completion"]
         return (world.load_base_model(), world.tokenizer, world.train.select_columns(keep),
@@ -72,14 +75,14 @@ def main(script_args: FP4ScriptArguments, training_args: SFTConfig, model_args: 
     fp4_config = None
     if script_args.fp4 != "none":
         fp4_config = HalfSConfig(mode=script_args.fp4, group_size=script_args.fp4_group_size)
-        print(f"[fp4_sft] FP4 kernels: {backends()}", flush=True)
+        log.info(f"FP4 kernels: {backends()}")
     trainer = FP4SFTTrainer(
         model=model, args=training_args, train_dataset=train,
         eval_dataset=validation if training_args.eval_strategy != "no" else None,
         processing_class=tokenizer, peft_config=get_peft_config(model_args), fp4_config=fp4_config,
     )
     n_fp4 = sum(isinstance(m, FP4Linear) for m in trainer.model.modules())
-    print(f"[fp4_sft] --fp4 {script_args.fp4}: {n_fp4} linears in FP4", flush=True)
+    log.info(f"--fp4 {script_args.fp4}: {n_fp4} linears in FP4")
     result = trainer.train()
     out = Path(training_args.output_dir)
     summary = {
@@ -90,9 +93,9 @@ def main(script_args: FP4ScriptArguments, training_args: SFTConfig, model_args: 
     save_final_model(trainer, tokenizer, out / "final_model")
     if trainer.is_world_process_zero():
         write_json_atomic(out / "fp4_summary.json", summary)
-        print(f"[fp4_sft] done: mean train loss {summary['train_loss']:.4f}, last logged loss "
+        log.info(f"done: mean train loss {summary['train_loss']:.4f}, last logged loss "
               f"{summary['final_logged_loss']}, {n_fp4} FP4 linears ({script_args.fp4}); "
-              f"model in {out / 'final_model'}", flush=True)
+              f"model in {out / 'final_model'}")
     return summary
 
 

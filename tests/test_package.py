@@ -36,7 +36,7 @@ from hf_ilp.hub import amend_model_card
 from hf_ilp.hub.cards import render_dataset_card, templates_dir
 from hf_ilp.diagnosis.report import DiagnosisReport
 from hf_ilp.metrics import INCOMPLETE_LEARNING
-from hf_ilp.training import recipe_config
+from hf_ilp.recipes import recipe_config
 
 venv, recipes = Path(sys.argv[1]).resolve(), sys.argv[2].split(",")
 for path in (hf_ilp.__file__, csrc_dir(), templates_dir(), INCOMPLETE_LEARNING):

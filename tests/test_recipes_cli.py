@@ -21,7 +21,7 @@ def _load(path):
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_help_and_default_config(path, tmp_path):
-    from hf_ilp.training import parse_recipe_args
+    from hf_ilp.recipes import parse_recipe_args
 
     recipe = _load(path)
     help_text = recipe.make_parser().format_help()
@@ -43,7 +43,7 @@ DEMO_WORLD_RECIPES = {"diagnose_sft": "ilp_world_size", "fp4_sft": "ilp_world_si
 def test_old_world_size_flag_still_works_and_warns(name, tmp_path):
     """`--world_size` (a demo world's size, easily read as the number of processes) was renamed;
     the old flag and the old YAML key still set the new field, with a FutureWarning."""
-    from hf_ilp.training import parse_recipe_args
+    from hf_ilp.recipes import parse_recipe_args
 
     recipe = _load(Path(__file__).parents[1] / "recipes" / f"{name}.py")
     new = DEMO_WORLD_RECIPES[name]
@@ -62,3 +62,23 @@ def test_old_world_size_flag_still_works_and_warns(name, tmp_path):
         warnings.simplefilter("error", FutureWarning)
         script_args = parse_recipe_args(recipe.make_parser(), None, argv=[*out, f"--{new}", "small"])[0]
     assert getattr(script_args, new) == "small"
+
+
+def test_recipe_helpers_moved_to_hf_ilp_recipes_and_old_names_warn():
+    import hf_ilp.recipes as recipes
+    import hf_ilp.training as training
+
+    for name in ("parse_recipe_args", "recipe_config", "load_model_and_tokenizer", "prefixed_arguments", "USER_RUN_FLAGS"):
+        with pytest.warns(DeprecationWarning, match=f"hf_ilp.training.{name} moved to hf_ilp.recipes.{name}"):
+            assert getattr(training, name) is getattr(recipes, name)
+    with pytest.raises(AttributeError):
+        training.no_such_name
+
+
+def test_recipe_logger_prints_once_per_run_with_the_recipe_prefix(capfd):
+    from hf_ilp.recipes import recipe_logger
+
+    log = recipe_logger("epi_sft")
+    log.info("hello %s", "world")
+    log.debug("not shown")
+    assert capfd.readouterr().out == "[epi_sft] hello world\n"
