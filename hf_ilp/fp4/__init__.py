@@ -6,17 +6,16 @@ The C++ kernel compiles on first use and serves only once a child process has se
 reach Python (once per machine; see `hf_ilp.fp4._build`).
 """
 
-from hf_ilp.fp4.config import HalfSConfig
-from hf_ilp.fp4.linear import FP4Linear, convert_to_halfs_fp4_training, default_module_filter
-from hf_ilp.fp4.ops import backends, quantize_fp4
-from hf_ilp.fp4.trainer import HalfSFP4TrainerMixin
+from hf_ilp._lazy import lazy_exports
 
-__all__ = [
-    "FP4Linear",
-    "HalfSConfig",
-    "HalfSFP4TrainerMixin",
-    "backends",
-    "convert_to_halfs_fp4_training",
-    "default_module_filter",
-    "quantize_fp4",
-]
+_EXPORTS = {
+    "HalfSConfig": "hf_ilp.fp4.config",
+    "FP4Linear": "hf_ilp.fp4.linear",
+    "convert_to_halfs_fp4_training": "hf_ilp.fp4.linear",
+    "default_module_filter": "hf_ilp.fp4.linear",
+    "backends": "hf_ilp.fp4.ops",
+    "quantize_fp4": "hf_ilp.fp4.ops",
+    "HalfSFP4TrainerMixin": "hf_ilp.fp4.trainer",
+}
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -10,22 +10,22 @@ Public surface:
 - CLI: `hf-ilp report REPO_OR_PATH [--json]`, `hf-ilp push DIR`
 """
 
-from hf_ilp.hub.cards import CardMetadataError, DiagnosisCardMixin, amend_model_card, from_card_metadata, to_card_metadata
-from hf_ilp.hub.load import load_report
-from hf_ilp.hub.push import HubPushError, HubSettings, PushResult, prepare_push, publish_run, push_run, take_hub_settings
+from hf_ilp._lazy import lazy_exports
 
-__all__ = [
-    "CardMetadataError",
-    "DiagnosisCardMixin",
-    "HubPushError",
-    "HubSettings",
-    "PushResult",
-    "amend_model_card",
-    "from_card_metadata",
-    "load_report",
-    "prepare_push",
-    "publish_run",
-    "push_run",
-    "take_hub_settings",
-    "to_card_metadata",
-]
+_EXPORTS = {
+    "CardMetadataError": "hf_ilp.hub.cards",
+    "DiagnosisCardMixin": "hf_ilp.hub.cards",
+    "amend_model_card": "hf_ilp.hub.cards",
+    "from_card_metadata": "hf_ilp.hub.cards",
+    "to_card_metadata": "hf_ilp.hub.cards",
+    "load_report": "hf_ilp.hub.load",
+    "HubPushError": "hf_ilp.hub.push",
+    "HubSettings": "hf_ilp.hub.push",
+    "PushResult": "hf_ilp.hub.push",
+    "prepare_push": "hf_ilp.hub.push",
+    "publish_run": "hf_ilp.hub.push",
+    "push_run": "hf_ilp.hub.push",
+    "take_hub_settings": "hf_ilp.hub.push",
+}
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

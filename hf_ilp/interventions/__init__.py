@@ -19,58 +19,34 @@ never modified. One module per cause:
                    new atomic output folder per intervention (see its docstring for the layout).
 """
 
-from hf_ilp.interventions.apply import (
-    InterventionConfig,
-    InterventionResult,
-    before_after,
-    confirmation,
-    format_before_after,
-    intervene,
-    intervene_and_rediagnose,
-)
-from hf_ilp.interventions.forgetting import DynamicResamplingCallback, ResamplingSampler, global_shuffle
-from hf_ilp.interventions.inconsistency import (
-    ConflictBucketSampler,
-    conflict_buckets,
-    conflict_groups,
-    likelihood_judge,
-    resolve_conflicts,
-)
-from hf_ilp.interventions.knowledge import (
-    BM25KnowledgeSource,
-    EmbeddingKnowledgeSource,
-    KnowledgeSource,
-    continued_pretraining,
-    injection_corpus,
-    world_knowledge_source,
-)
-from hf_ilp.interventions.sampling import TrainSamplerMixin, TrainSamplerSFTTrainer
-from hf_ilp.interventions.under_training import ValLossRiseStopping, upsample
+from hf_ilp._lazy import lazy_exports
 
-__all__ = [
-    "BM25KnowledgeSource",
-    "ConflictBucketSampler",
-    "DynamicResamplingCallback",
-    "EmbeddingKnowledgeSource",
-    "InterventionConfig",
-    "InterventionResult",
-    "KnowledgeSource",
-    "ResamplingSampler",
-    "TrainSamplerMixin",
-    "TrainSamplerSFTTrainer",
-    "ValLossRiseStopping",
-    "before_after",
-    "confirmation",
-    "format_before_after",
-    "conflict_buckets",
-    "conflict_groups",
-    "continued_pretraining",
-    "global_shuffle",
-    "injection_corpus",
-    "intervene",
-    "intervene_and_rediagnose",
-    "likelihood_judge",
-    "resolve_conflicts",
-    "upsample",
-    "world_knowledge_source",
-]
+_EXPORTS = {
+    "InterventionResult": "hf_ilp.interventions.apply",
+    "before_after": "hf_ilp.interventions.apply",
+    "confirmation": "hf_ilp.interventions.apply",
+    "format_before_after": "hf_ilp.interventions.apply",
+    "intervene": "hf_ilp.interventions.apply",
+    "intervene_and_rediagnose": "hf_ilp.interventions.apply",
+    "InterventionConfig": "hf_ilp.interventions.config",
+    "DynamicResamplingCallback": "hf_ilp.interventions.forgetting",
+    "ResamplingSampler": "hf_ilp.interventions.forgetting",
+    "global_shuffle": "hf_ilp.interventions.forgetting",
+    "ConflictBucketSampler": "hf_ilp.interventions.inconsistency",
+    "conflict_buckets": "hf_ilp.interventions.inconsistency",
+    "conflict_groups": "hf_ilp.interventions.inconsistency",
+    "likelihood_judge": "hf_ilp.interventions.inconsistency",
+    "resolve_conflicts": "hf_ilp.interventions.inconsistency",
+    "BM25KnowledgeSource": "hf_ilp.interventions.knowledge",
+    "EmbeddingKnowledgeSource": "hf_ilp.interventions.knowledge",
+    "KnowledgeSource": "hf_ilp.interventions.knowledge",
+    "continued_pretraining": "hf_ilp.interventions.knowledge",
+    "injection_corpus": "hf_ilp.interventions.knowledge",
+    "world_knowledge_source": "hf_ilp.interventions.knowledge",
+    "TrainSamplerMixin": "hf_ilp.interventions.sampling",
+    "TrainSamplerSFTTrainer": "hf_ilp.interventions.sampling",
+    "ValLossRiseStopping": "hf_ilp.interventions.under_training",
+    "upsample": "hf_ilp.interventions.under_training",
+}
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

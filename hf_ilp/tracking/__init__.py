@@ -1,7 +1,13 @@
 """Per-sample learning dynamics (`LearnTracker`), their records, and the exact learn-check."""
 
-from hf_ilp.tracking.learn_check import check_learned
-from hf_ilp.tracking.records import SCHEMA_VERSION, load_records
-from hf_ilp.tracking.tracker import LearnTracker, LearnTrackerConfig
+from hf_ilp._lazy import lazy_exports
 
-__all__ = ["LearnTracker", "LearnTrackerConfig", "SCHEMA_VERSION", "check_learned", "load_records"]
+_EXPORTS = {
+    "LearnTrackerConfig": "hf_ilp.tracking.config",
+    "check_learned": "hf_ilp.tracking.learn_check",
+    "SCHEMA_VERSION": "hf_ilp.tracking.records",
+    "load_records": "hf_ilp.tracking.records",
+    "LearnTracker": "hf_ilp.tracking.tracker",
+}
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
