@@ -217,7 +217,7 @@ def _forgetting(ctx):
                                      train_sampler=cb.sampler)
     trainer.train()
     details = {"subsets": sorted(map(str, set(train[SOURCE_STAGE]))), "probe_rows": len(probe),
-               "replayed_draws": cb._sampler.replayed, "resampling_history": cb.history}
+               "replayed_draws": cb.replayed_draws, "resampling_history": cb.history}
     return "global_shuffle+dynamic_resampling", details, train, trainer
 
 

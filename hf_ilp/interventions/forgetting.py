@@ -117,6 +117,11 @@ class DynamicResamplingCallback(TrainerCallback):
         self._sampler = ResamplingSampler(dataset[self.subset_column], self.replay_share, seed=trainer.args.seed)
         return self._sampler
 
+    @property
+    def replayed_draws(self) -> int:
+        """Draws the sampler has taken from resampled subsets so far (0 before training)."""
+        return self._sampler.replayed if self._sampler is not None else 0
+
     def on_train_begin(self, args, state, control, **kwargs):
         if self._sampler is None:
             raise RuntimeError("DynamicResamplingCallback needs its sampler in the trainer: train_sampler=callback.sampler")

@@ -89,7 +89,7 @@ def test_each_intervention_writes_a_new_run(cause, lora, tmp_path, tokenizer, ti
         assert manifest["details"]["extra_epochs_kept"] == len(manifest["details"]["val_losses"]) - 1
     if cause == "forgetting":
         assert "stage" not in result.load_train_dataset().column_names
-        assert manifest["details"]["resampling_history"]
+        assert manifest["details"]["resampling_history"] and manifest["details"]["replayed_draws"] >= 0
 
 
 def _two_conflicts():
