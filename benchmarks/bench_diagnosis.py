@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hf_ilp._io import write_json_atomic
+from hf_ilp.files import write_json_atomic
 from hf_ilp import CAUSES, DiagnoserConfig, LearnTracker, LearnTrackerConfig, diagnose, load_records
 from hf_ilp.diagnosis.report import UNEXPLAINED
 from hf_ilp.training import train_stages

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from trl import SFTTrainer
 
-from hf_ilp._io import move_into_place
+from hf_ilp.files import move_into_place
 
 
 def train_stages(

@@ -28,7 +28,7 @@ from trl import ModelConfig, ScriptArguments, TrlParser
 
 from hf_ilp.recipes import load_model_and_tokenizer, parse_recipe_args, recipe_config, recipe_logger
 from hf_ilp.training import save_final_model
-from hf_ilp._io import atomic_dir, write_json_atomic
+from hf_ilp.files import atomic_dir, write_json_atomic
 from hf_ilp.fusion import CPIFTConfig, run_cpi_ft
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from accelerate import PartialState
 from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser, get_peft_config
 
-from hf_ilp._io import write_json_atomic
+from hf_ilp.files import write_json_atomic
 from hf_ilp.diagnosis import DiagnoserConfig, across_processes, diagnose, log_report
 from hf_ilp.diagnosis.display import print_summary
 from hf_ilp.hub import publish_run, take_hub_settings

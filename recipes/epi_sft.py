@@ -25,7 +25,7 @@ from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, 
 
 from hf_ilp.recipes import load_model_and_tokenizer, parse_recipe_args, recipe_config, recipe_logger
 from hf_ilp.training import save_final_model
-from hf_ilp._io import write_json_atomic
+from hf_ilp.files import write_json_atomic
 from hf_ilp.isolation import EvolvingIsolationCallback, IsolationConfig
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hf_ilp._io import write_text_atomic
+from hf_ilp.files import write_text_atomic
 from hf_ilp._rows import as_text
 from hf_ilp.diagnosis.display import COLORS, evidence_text, sample_name
 from hf_ilp.diagnosis.report import CAUSES, REQUIRED_COLUMNS, UNEXPLAINED

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hf_ilp._io import atomic_dir
+from hf_ilp.files import atomic_dir
 
 #: 2 added the readable evidence (text, learning curve, `row`); version-1 reports load as they are.
 SCHEMA_VERSION = 2

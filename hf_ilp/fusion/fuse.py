@@ -26,7 +26,7 @@ after it), one float accumulator of a tensor's size only when several tasks are 
 block buffers, the gathered core values of the current tensor (16 bytes per core entry) and
 the cores (`CompactMask`, 4 bytes per core entry). Every input is checked before anything is
 written (architecture, names, shapes, dtypes, shards, t, task names), and the output folder
-appears only when complete (`hf_ilp._io.atomic_dir`). It holds
+appears only when complete (`hf_ilp.files.atomic_dir`). It holds
 the shards in the base's layout, the index, the base's config/tokenizer files, the cores of
 every task (`cpi_ft_cores/<task>.safetensors`), `cpi_ft.json` and a model card.
 """
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from hf_ilp._io import atomic_dir, write_json_atomic
+from hf_ilp.files import atomic_dir, write_json_atomic
 from hf_ilp.fusion.checkpoint import Checkpoint, ShardWriter
 from hf_ilp.fusion.core import check_share, is_float, check_compatible, core_regions, group_tasks
 from hf_ilp.fusion.merge_utils import block_len, block_ranges, check_t, combine_block, slerp_coefficients, work_dtype

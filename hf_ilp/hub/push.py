@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hf_ilp._io import write_json_atomic
+from hf_ilp.files import write_json_atomic
 from hf_ilp.diagnosis.report import DiagnosisReport
 
 from hf_ilp.hub.cards import (

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from hf_ilp._io import atomic_dir
+from hf_ilp.files import atomic_dir
 from hf_ilp.diagnosis.report import CAUSES, UNEXPLAINED
 from hf_ilp.interventions._common import check_report_matches, fresh_model, require_flagged
 from hf_ilp.interventions.config import InterventionConfig

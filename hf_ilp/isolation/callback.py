@@ -169,7 +169,7 @@ class EvolvingIsolationCallback(TrainerCallback):
             tmp = folder / f".isolation_ema.tmp-{os.getpid()}"
             save_file({n: t.detach().cpu().contiguous() for n, t in self._ema.items()}, str(tmp))
             os.replace(tmp, folder / "isolation_ema.safetensors")
-        from hf_ilp._io import write_json_atomic
+        from hf_ilp.files import write_json_atomic
 
         write_json_atomic(folder / STATE_FILE, {"config": vars(self.config), "history": self.history})
 

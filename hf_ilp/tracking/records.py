@@ -48,7 +48,7 @@ import pyarrow as pa
 from datasets import Dataset, DatasetInfo, Features, Sequence, Value, load_from_disk
 from safetensors.numpy import load_file, save_file
 
-from hf_ilp._io import atomic_dir
+from hf_ilp.files import atomic_dir
 
 SCHEMA_VERSION = 1
 RECORDS_DIRNAME = "hf_ilp_records"

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hf_ilp._io import atomic_dir, write_json_atomic
+from hf_ilp.files import atomic_dir, write_json_atomic
 from hf_ilp.world._cache import CorruptWorldError, default_cache_dir  # noqa: F401  (public here too)
 from hf_ilp.world._cache import build_or_load, checksums, spec_hash, verified_meta, writable_cache_dir
 from hf_ilp.world.generate import ILP_STYLE, ROSTER_STYLE, WorldSpec, generate

@@ -57,7 +57,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from hf_ilp._io import atomic_dir, write_json_atomic
+from hf_ilp.files import atomic_dir, write_json_atomic
 from hf_ilp.world._cache import build_or_load, checksums, spec_hash, verified_meta, writable_cache_dir
 
 VERSION = 2

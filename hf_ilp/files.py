@@ -1,4 +1,8 @@
-"""Small I/O helpers shared by every part of hf_ilp: outputs appear complete or not at all."""
+"""Atomic outputs for every part of hf_ilp and the scripts built on it (recipes, benchmarks).
+
+Files and folders appear complete or not at all: `atomic_dir`, `move_into_place`,
+`write_text_atomic`, `write_json_atomic`.
+"""
 
 import contextlib
 import json
