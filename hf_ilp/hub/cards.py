@@ -26,6 +26,7 @@ import os
 import re
 from pathlib import Path
 
+from hf_ilp._rows import as_text, split_messages
 from hf_ilp.diagnosis.report import CAUSES, SCHEMA_VERSION, UNEXPLAINED, DiagnosisReport, check_schema_version
 from hf_ilp.resources import data_dir
 
@@ -299,22 +300,10 @@ def _texts_by_id(dataset) -> dict:
     if "prompt" in cols and "completion" in cols:
         pairs = zip(dataset["prompt"], dataset["completion"])
     elif "messages" in cols:
-        pairs = (_split_messages(m) for m in dataset["messages"])
+        pairs = (split_messages(m, f"the `messages` of row {i!r}") for i, m in zip(dataset["id"], dataset["messages"]))
     else:
         return {}
-    return {str(i): (_text(p), _text(c)) for i, (p, c) in zip(dataset["id"], pairs)}
-
-
-def _split_messages(messages):
-    """The last assistant turn is the completion; the turns before it, the prompt."""
-    last = max((k for k, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
-    return messages[:last], messages[last : last + 1]
-
-
-def _text(value) -> str:
-    if isinstance(value, list):  # conversational turns
-        return " / ".join(str(m.get("content", "")) for m in value)
-    return str(value)
+    return {str(i): (as_text(p), as_text(c)) for i, (p, c) in zip(dataset["id"], pairs)}
 
 
 def _strip_section(text: str) -> str:
