@@ -7,9 +7,9 @@
   and every earlier group's tasks), with the core regions of every earlier group frozen by
   update masking (`hf_ilp.isolation.masks.UpdateMasker`: the entries are restored bit for bit
   after every optimizer step and their momentum is zeroed, so AdamW's momentum and weight decay
-  cannot move them). Each stage gets a fresh optimizer and scheduler
-  and writes to `args.output_dir/stage-K`; callbacks see one on_train_begin/on_train_end per
-  stage, as with `hf_ilp.training.train_stages`.
+  cannot move them). Each stage is a fresh `SFTTrainer` on the same model (fresh optimizer and
+  scheduler) writing to `args.output_dir/stage-K`; callbacks see one on_train_begin/on_train_end
+  per stage, as with `hf_ilp.training.train_stages`.
 - `run_cpi_ft(...)`: the whole method: probes -> cores -> groups -> fusion -> `CPIFTTrainer`.
 
     >>> args = CPIFTConfig(output_dir="out", num_train_epochs=1, bf16=False)
@@ -112,7 +112,7 @@ class CPIFTTrainer(SFTTrainer):
     rows of tasks in no group are refused.
     """
 
-    def __init__(self, model, args=None, train_dataset=None, *, groups, cores, **kwargs):
+    def __init__(self, model, args=None, train_dataset=None, *, groups, cores, callbacks=None, **kwargs):
         column = getattr(args, "cpi_task_column", "task")
         groups = [list(g) for g in groups]
         if not groups or not all(groups):
@@ -127,12 +127,15 @@ class CPIFTTrainer(SFTTrainer):
         lacking = [t for g in groups[:-1] for t in g if t not in cores]
         if lacking:
             raise ValueError(f"no core region for task(s) {lacking}; pass cores for every task of the earlier groups")
-        super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
+        super().__init__(model=model, args=args, train_dataset=train_dataset, callbacks=callbacks, **kwargs)
         self.groups, self.cores, self._column = groups, cores, column
-        self._all_rows = self.train_dataset
+        self._rows = train_dataset  # as given: each stage's trainer prepares its own share of it
+        self._callbacks = list(callbacks or [])
+        # what a stage's trainer gets besides its args and rows (the model is already wrapped, if PEFT wraps it)
+        self._stage_kwargs = {k: v for k, v in kwargs.items() if k not in ("peft_config", "processing_class")}
         self._masker = UpdateMasker(dict(self.model.named_parameters()))
-        self.add_callback(_FreezeEntries(self._masker))
         self.stage = None
+        self.stage_trainers: list[SFTTrainer] = []
 
     def frozen_masks(self, stage: int) -> dict[str, CompactMask]:
         """The entries frozen in `stage`: the union of the cores of the tasks of all earlier groups."""
@@ -141,29 +144,34 @@ class CPIFTTrainer(SFTTrainer):
         return {n: m for n, m in union.items() if n in params}
 
     def train(self, resume_from_checkpoint=None, **kwargs):
-        """Train every group in turn; returns the last stage's `TrainOutput`."""
+        """Train every group in turn; returns the last stage's `TrainOutput`.
+
+        As `hf_ilp.training.train_stages` does, each stage is a fresh `SFTTrainer` (fresh optimizer and
+        scheduler) on the same model, with its own copy of the args (`output_dir/stage-K`) and its own
+        rows; this trainer's args and dataset are left as they were given. The stages' trainers are
+        kept in `stage_trainers`; `state` is the last one's.
+        """
         if resume_from_checkpoint:
             raise ValueError("CPIFTTrainer runs several stages; resuming one stage from a checkpoint is not supported")
         output = None
-        root = self.args.output_dir
-        # the trainer's accelerator is bound to these args: only the output folder changes per stage
         cumulative = getattr(self.args, "cpi_stage_mix", "group") == "cumulative"
+        self.stage_trainers = []
         for stage, group in enumerate(self.groups):
             self.stage = stage
-            self.args.output_dir = os.path.join(root, f"stage-{stage}")
             tasks = [t for g in self.groups[: stage + 1] for t in g] if cumulative else group
-            self.train_dataset = _rows_of(self._all_rows, self._column, tasks)
+            rows = _rows_of(self._rows, self._column, tasks)
             frozen = self.frozen_masks(stage)
             self._masker.set_masks(frozen)
-            self.optimizer, self.lr_scheduler = None, None
             logger.info(
                 "CPI-FT stage %d/%d: tasks %s, %d rows, %d frozen entries",
-                stage + 1, len(self.groups), tasks, len(self.train_dataset), sum(m.count for m in frozen.values()),
+                stage + 1, len(self.groups), tasks, len(rows), sum(m.count for m in frozen.values()),
             )
-            try:
-                output = super().train(**kwargs)
-            finally:
-                self.args.output_dir = root
+            stage_args = dataclasses.replace(self.args, output_dir=os.path.join(self.args.output_dir, f"stage-{stage}"))
+            trainer = SFTTrainer(model=self.model, args=stage_args, train_dataset=rows, processing_class=self.processing_class,
+                                 callbacks=[*self._callbacks, _FreezeEntries(self._masker)], **self._stage_kwargs)
+            output = trainer.train(**kwargs)
+            self.stage_trainers.append(trainer)
+            self.state = trainer.state
         return output
 
 

@@ -70,7 +70,10 @@ def test_earlier_groups_cores_do_not_move_at_all(tiny, tmp_path, mix):
         groups=[["up"], ["down"]], cores=cores, callbacks=[ends],
     )
     start = {n: p.detach().clone() for n, p in params.items()}
+    given = (trainer.args.output_dir, trainer.train_dataset)
     trainer.train()
+    assert (trainer.args.output_dir, trainer.train_dataset) == given  # the stages did not change them
+    assert [t.args.output_dir for t in trainer.stage_trainers] == [f"{given[0]}/stage-0", f"{given[0]}/stage-1"]
     assert len(ends.values) == 2  # one on_train_end per stage
     # stage 1 trains on "down" alone, or (cumulative) on "up" and "down" while up's core stays frozen
     assert ends.rows == ([16, 16] if mix == "group" else [16, 32])
