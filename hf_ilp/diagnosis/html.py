@@ -50,7 +50,7 @@ def write_html(report, path, max_per_cause: int = 300, title: str | None = None)
     first. The file is written atomically (a temporary file in the same folder, then renamed).
     Returns the path.
     """
-    from hf_ilp.hub.cards import assert_no_secrets, publishable
+    from hf_ilp.diagnosis.privacy import assert_no_secrets, publishable
 
     if report.samples is None:
         raise ValueError("report has no per-sample rows (report.samples is None); load it with load_report(..., samples=True)")

@@ -16,7 +16,7 @@ A backend that is not in `report_to` (or not installed) is skipped; one whose ru
 training (TensorBoard's writer, Trackio's and MLflow's runs) is reopened for the call and closed
 after it (Trackio reopens the run named `run_name`: set it to keep one run). Texts that would
 carry a Hub token or a path of this machine are sent as `<redacted>`
-(`hf_ilp.hub.cards.assert_no_secrets`).
+(`hf_ilp.diagnosis.privacy.assert_no_secrets`).
 
     >>> sent = log_report(report, trainer)   # after hf_ilp.diagnose
     >>> sent["backends"]
@@ -35,7 +35,7 @@ import numpy as np
 
 from hf_ilp.diagnosis.display import clip_text
 from hf_ilp.diagnosis.report import CAUSES, UNEXPLAINED
-from hf_ilp.hub.cards import assert_no_secrets, publishable
+from hf_ilp.diagnosis.privacy import assert_no_secrets, publishable
 
 #: Text columns of a report shown in its table, when the report has them.
 TEXT_COLUMNS = ("prompt", "completion", "ft_says", "ft_expected", "base_says", "dup_prompt", "dup_completion")

@@ -27,6 +27,11 @@ import re
 from pathlib import Path
 
 from hf_ilp._rows import as_text, split_messages
+from hf_ilp.diagnosis.privacy import TOKEN_RE as _TOKEN_RE
+from hf_ilp.diagnosis.privacy import assert_no_secrets, publishable  # noqa: F401 (public here too)
+from hf_ilp.diagnosis.privacy import finite as _finite
+from hf_ilp.diagnosis.privacy import looks_like_path as _looks_like_path
+from hf_ilp.diagnosis.privacy import scrub as _scrub
 from hf_ilp.diagnosis.report import CAUSES, SCHEMA_VERSION, UNEXPLAINED, DiagnosisReport, check_schema_version
 from hf_ilp.resources import data_dir
 
@@ -357,60 +362,6 @@ def _render(name: str, **context) -> str:
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())), undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     return env.get_template(name).render(**context)
-
-
-# privacy ---------------------------------------------------------------------------------------
-def publishable(report: DiagnosisReport) -> DiagnosisReport:
-    """The same report with its summary scrubbed of secrets and local paths (samples shared)."""
-    return DiagnosisReport(samples=report.samples, summary=_scrub(report.summary), plots=dict(report.plots))
-
-
-_TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
-_SECRET_KEY_RE = re.compile(r"(^|[_-])(token|secret|password|passwd|api[_-]?key|credentials?)$", re.I)
-
-
-def _scrub(value):
-    """Drop secret-named keys, redact tokens, and reduce local paths to their last component."""
-    if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items() if not _SECRET_KEY_RE.search(str(k))}
-    if isinstance(value, (list, tuple)):
-        return [_scrub(v) for v in value]
-    if isinstance(value, float):
-        return _finite(value)
-    if isinstance(value, str):
-        value = _TOKEN_RE.sub("<redacted>", value)
-        if _looks_like_path(value):
-            return Path(value.rstrip("/\\")).name or "<path>"
-        return value
-    return value
-
-
-def _looks_like_path(value: str) -> bool:
-    return bool(re.match(r"^(~|/|[A-Za-z]:[\\/]|\.{1,2}/)", value)) and " " not in value.strip()
-
-
-def _local_secrets(extra=()) -> list[str]:
-    """Strings that must never leave this machine: the Hub token, the home and working folders."""
-    from huggingface_hub import get_token
-
-    candidates = [get_token() or "", str(Path.home()), os.getcwd(), *map(str, extra)]
-    return [s for s in candidates if len(s) > 1]
-
-
-def assert_no_secrets(text: str, what: str, extra=()) -> None:
-    """Raise if `text` (about to be published) contains a token or a path of this machine."""
-    if _TOKEN_RE.search(text):
-        raise ValueError(f"{what} contains something that looks like a Hub token; refusing to publish it")
-    for secret in _local_secrets(extra):
-        if secret in text:
-            raise ValueError(f"{what} contains a path or secret of this machine ({'a token' if secret.startswith('hf_') else 'a local path'}); refusing to publish it")
-
-
-def _finite(x):
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def _pct(x) -> str:
