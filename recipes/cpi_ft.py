@@ -2,7 +2,7 @@
 
 Runs on the embedded multi-task world with no arguments, or on any Hub model and datasets by flag:
 
-    accelerate launch recipes/cpi_ft.py                                   # multi-task world (tiny)
+    accelerate launch recipes/cpi_ft.py                                   # multi-task world (small)
     accelerate launch recipes/cpi_ft.py --multitask_world_size small --cpi_core_share 0.02
     accelerate launch recipes/cpi_ft.py --model_name_or_path Qwen/Qwen2.5-0.5B \\
         --task_datasets math=openai/gsm8k:main code=sahil2801/CodeAlpaca-20k --bf16 true
@@ -42,7 +42,7 @@ class CPIFTScriptArguments(ScriptArguments):
                   "dataset's rows get task NAME. Alternative to --dataset_name with a task column."},
     )
     multitask_world_size: str = field(
-        default="tiny",
+        default="small",
         metadata={"help": "Multi-task world size when no dataset is given. (old name, deprecated: --world_size)", "aliases": ["--world_size"]},
     )
     world_seed: int = field(default=0, metadata={"help": "Multi-task world seed when no dataset is given."})

@@ -2,7 +2,7 @@
 
 Runs on the embedded multi-task world with no arguments, or on any Hub model and dataset by flag:
 
-    accelerate launch recipes/epi_sft.py                          # multi-task world (tiny), EPI
+    accelerate launch recipes/epi_sft.py                          # multi-task world (small), EPI
     accelerate launch recipes/epi_sft.py --isolation static       # mask computed once at step K
     accelerate launch recipes/epi_sft.py --isolation none         # plain SFT
     accelerate launch recipes/epi_sft.py --isolation_ratio 0.1 --isolation_interval 50
@@ -36,7 +36,7 @@ class EPIScriptArguments(ScriptArguments):
     """Data options; without `--dataset_name` the embedded multi-task world is used."""
 
     multitask_world_size: str = field(
-        default="tiny",
+        default="small",
         metadata={"help": "Multi-task world size ('tiny' or 'small') when no dataset is given. (old name, deprecated: --world_size)", "aliases": ["--world_size"]},
     )
     world_seed: int = field(default=0, metadata={"help": "Multi-task world seed when no dataset is given."})
