@@ -239,6 +239,12 @@ def _variant(spec: str) -> tuple[float, str]:
     return float(share), mix
 
 
+def _steps(per_seed, method) -> str:
+    """The method's optimizer steps: one number when every seed took as many, else min-max."""
+    steps = [p["steps"][method] for p in per_seed]
+    return str(steps[0]) if min(steps) == max(steps) else f"{min(steps)}-{max(steps)}"
+
+
 def _baselines_from(path, seed):
     """Multi-task and sequential SFT of `bench_epi.py --json` for `seed` (the same world, seed and budget), or None."""
     if not path:
@@ -354,7 +360,7 @@ def bench_quality(root: Path, size: str, version: int, seeds, variants, matched_
     print("|---|" + "---|" * (len(tasks) + 4))
     for m in methods:
         print(f"| {m} | " + " | ".join(f"{statistics.mean(p['results'][m][t] for p in per_seed):.3f}" for t in tasks)
-              + f" | {spread(stat(m, avg))} | {spread(stat(m, worst))} | {spread(stat(m, seesaw))} | {per_seed[0]['steps'][m]} |")
+              + f" | {spread(stat(m, avg))} | {spread(stat(m, worst))} | {spread(stat(m, seesaw))} | {_steps(per_seed, m)} |")
     print(f"(mean over seeds {list(seeds)}; average/worst/seesaw as mean ± sd (min-max); seesaw = largest loss of any task "
           f"against training it alone; steps = optimizer steps, CPI-FT's probes included)")
     baselines = ["multi-task SFT", "sequential SFT"]
