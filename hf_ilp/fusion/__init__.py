@@ -5,6 +5,11 @@ Stages, each usable alone: `train_probes` (one SFT per task) -> `core_regions` (
 |theta_task - theta_base|) -> `group_tasks` (Jaccard >= tau, connected components) ->
 `fuse_checkpoints` (core transplant + per-tensor `slerp`, streamed) -> `CPIFTTrainer`
 (pipelined SFT over the groups with earlier groups' cores frozen).
+
+Why this room is `fusion` and not `isolation`: what CPI-FT adds to training is fusing task models
+(core regions, grouping, SLERP over saved checkpoints, `hf-ilp fuse`); its isolation, freezing
+the cores of earlier groups, is `hf_ilp.isolation`'s `UpdateMasker`, shared with EPI. Looking for
+CPI-FT: `from hf_ilp.fusion import run_cpi_ft` (also `hf_ilp.run_cpi_ft`).
 """
 
 from hf_ilp._lazy import lazy_exports
