@@ -15,13 +15,16 @@ never modified. One module per cause:
                    kept while the validation loss stays within delta of the starting model's
                    (two rejected epochs in a row stop them; the last accepted weights are kept).
 - `sampling`       `TrainSamplerMixin`: hand any Trainer its training sampler.
-- `apply`          `intervene(cause, report, train_dataset, output_dir, ...)`: checks, then one
-                   new atomic output folder per intervention (see its docstring for the layout).
+- `base`           `Intervention` (`check` then `run`), the contract each cause's module follows.
+- `apply`          `intervene(cause, report, train_dataset, output_dir, ...)`: finds the cause's
+                   `Intervention`, checks, then one new atomic output folder per intervention.
 """
 
 from hf_ilp._lazy import lazy_exports
 
 _EXPORTS = {
+    "Intervention": "hf_ilp.interventions.base",
+    "InterventionInputs": "hf_ilp.interventions.base",
     "InterventionResult": "hf_ilp.interventions.apply",
     "before_after": "hf_ilp.interventions.apply",
     "confirmation": "hf_ilp.interventions.apply",

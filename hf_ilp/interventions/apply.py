@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import math
@@ -37,6 +36,7 @@ from typing import Any, Callable, Sequence
 from hf_ilp.files import atomic_dir
 from hf_ilp.diagnosis.report import CAUSES, UNEXPLAINED
 from hf_ilp.interventions._common import check_report_matches, fresh_model, require_flagged
+from hf_ilp.interventions.base import Intervention, InterventionInputs
 from hf_ilp.interventions.config import InterventionConfig
 
 
@@ -125,14 +125,6 @@ def confirmation(before, after, cause: str, removed: Sequence[str] = ()) -> dict
             "fixed_ids": fixed, "unfixed_ids": unfixed, "removed_ids": removed_ids}
 
 
-def _sft(model, tokenizer, dataset, args, callbacks, trainer_cls, eval_dataset=None):
-    """SFT with the sequential-stage protocol of `hf_ilp.training.train_stages`."""
-    from hf_ilp.training import train_stages
-
-    return train_stages(model, tokenizer, dataset, args, callbacks=callbacks, eval_dataset=eval_dataset,
-                        trainer_cls=trainer_cls)
-
-
 def _is_main_process() -> bool:
     from accelerate import PartialState
 
@@ -146,130 +138,19 @@ def _scratch_dir():
         yield Path(tmp)
 
 
-def _with_peft(model, peft_config):
-    if peft_config is None or hasattr(model, "peft_config"):
-        return model
-    from peft import get_peft_model
+def _interventions() -> dict[str, Intervention]:
+    """Each cause's `Intervention` (one per module: adding a cause is adding its module and a line here)."""
+    from hf_ilp.interventions.forgetting import ForgettingIntervention
+    from hf_ilp.interventions.inconsistency import InconsistencyIntervention
+    from hf_ilp.interventions.knowledge import KnowledgeIntervention
+    from hf_ilp.interventions.under_training import UnderTrainingIntervention
 
-    return get_peft_model(model, peft_config)
-
-
-# one function per cause: (ctx) -> (method, details); each trains into ctx["tmp"] ------------------
-def _knowledge(ctx):
-    from trl import SFTTrainer
-
-    from hf_ilp.interventions.knowledge import continued_pretraining
-
-    cfg, tmp = ctx["config"], ctx["tmp"]
-    corpus, stats = ctx["prepared"]
-    corpus.save_to_disk(str(tmp / "cpt_corpus"))
-    model = _with_peft(fresh_model(ctx["base_model"]), ctx["peft_config"])
-    cpt_args = dataclasses.replace(
-        ctx["args"], output_dir=str(tmp / "run" / "cpt"), num_train_epochs=cfg.cpt_epochs, save_strategy="no",
-        learning_rate=cfg.cpt_learning_rate or ctx["args"].learning_rate,
-        per_device_train_batch_size=cfg.cpt_batch_size or ctx["args"].per_device_train_batch_size)
-    continued_pretraining(model, ctx["tokenizer"], corpus, cpt_args)
-    trainer = _sft(model, ctx["tokenizer"], ctx["train"], ctx["run_args"], ctx["callbacks"], SFTTrainer)
-    return "continued_pretraining+sft", {"corpus": stats}, ctx["train"], trainer
-
-
-def _inconsistency(ctx):
-    from hf_ilp.interventions.inconsistency import conflict_buckets, likelihood_judge, resolve_conflicts
-    from hf_ilp.interventions.sampling import TrainSamplerSFTTrainer
-
-    cfg = ctx["config"]
-    groups = ctx["prepared"]
-    train, details = ctx["train"], {"groups": len(groups), "group_members": sum(map(len, groups))}
-    method = "bucket"
-    if cfg.inconsistency_strategy == "resolve":
-        judge = ctx["judge"]
-        if judge is None:  # the base model's likelihood (its object as given, or loaded from its path)
-            base = ctx["base_model"]
-            if isinstance(base, (str, bytes)) or hasattr(base, "__fspath__"):
-                base = fresh_model(base).to(ctx["args"].device)
-            judge = likelihood_judge(base, ctx["tokenizer"], margin=cfg.inconsistency_margin)
-            details["judge"] = f"likelihood of the base model, margin {cfg.inconsistency_margin}"
-        else:
-            details["judge"] = judge if isinstance(judge, str) else getattr(judge, "__name__", type(judge).__name__)
-        train, dropped, groups = resolve_conflicts(train, groups, judge=judge)
-        details.update(dropped=dropped, undecided_groups=len(groups))
-        method = "resolve+bucket"
-    model = _with_peft(fresh_model(ctx["base_model"]), ctx["peft_config"])
-    trainer_cls = functools.partial(TrainSamplerSFTTrainer, train_sampler=conflict_buckets(groups))
-    trainer = _sft(model, ctx["tokenizer"], train, ctx["run_args"], ctx["callbacks"], trainer_cls)
-    details["bucketed_groups"] = groups
-    return method, details, train, trainer
-
-
-def _forgetting(ctx):
-    from hf_ilp.interventions.forgetting import SOURCE_STAGE, DynamicResamplingCallback, global_shuffle
-    from hf_ilp.interventions.sampling import TrainSamplerSFTTrainer
-
-    cfg = ctx["config"]
-    train = global_shuffle(ctx["train"], seed=ctx["args"].seed)
-    probe = _probe_slice(train, SOURCE_STAGE, cfg.resample_probe_per_subset, ctx["args"].seed)
-    cb = DynamicResamplingCallback(probe, ctx["tokenizer"], subset_column=SOURCE_STAGE,
-                                   every_k_steps=cfg.resample_every_k_steps, threshold=cfg.resample_threshold,
-                                   replay_share=cfg.resample_replay_share)
-    model = _with_peft(fresh_model(ctx["base_model"]), ctx["peft_config"])
-    trainer = TrainSamplerSFTTrainer(model=model, args=ctx["run_args"], train_dataset=train,
-                                     processing_class=ctx["tokenizer"], callbacks=[*ctx["callbacks"], cb],
-                                     train_sampler=cb.sampler)
-    trainer.train()
-    details = {"subsets": sorted(map(str, set(train[SOURCE_STAGE]))), "probe_rows": len(probe),
-               "replayed_draws": cb.replayed_draws, "resampling_history": cb.history}
-    return "global_shuffle+dynamic_resampling", details, train, trainer
-
-
-def _probe_slice(dataset, column, per_subset, seed):
-    """Up to `per_subset` random rows of each subset (the held-out accuracy probe)."""
-    shuffled = dataset.shuffle(seed=seed + 1)
-    taken, keep = {}, []
-    for i, s in enumerate(shuffled[column]):
-        if taken.get(s, 0) < per_subset:
-            taken[s] = taken.get(s, 0) + 1
-            keep.append(i)
-    return shuffled.select(keep)
-
-
-def _under_training(ctx):
-    from trl import SFTTrainer
-
-    from hf_ilp.interventions.under_training import ValLossRiseStopping, targeted, upsample
-
-    cfg = ctx["config"]
-    train = ctx["train"]
-    if "stage" in train.column_names:  # extra epochs go over all stages at once
-        train = train.rename_column("stage", "source_stage")
-    if cfg.extra_on == "flagged":
-        train = targeted(train, ctx["flagged"], cfg.upsample_factor, cfg.extra_replay_ratio, seed=ctx["run_args"].seed)
-    else:
-        train = upsample(train, ctx["flagged"], cfg.upsample_factor)
-    stop = ValLossRiseStopping(delta=cfg.extra_delta, patience=cfg.extra_patience, reference=cfg.extra_reference)
-    model = _with_peft(fresh_model(ctx["model"]), ctx["peft_config"])
-    args = dataclasses.replace(ctx["run_args"], num_train_epochs=cfg.extra_max_epochs, eval_strategy="epoch")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=ctx["eval_dataset"],
-                         processing_class=ctx["tokenizer"], callbacks=[*ctx["callbacks"], stop])
-    trainer.evaluate()
-    trainer.train()
-    accepted = len(stop.losses) - 1
-    details = {"val_losses": stop.losses, "rejected_val_loss": stop.rejected_loss, "rejected_val_losses": stop.rejected,
-               "extra_epochs_kept": accepted,
-               "stopped_at_epoch": stop.stopped_at_epoch, "extra_on": cfg.extra_on, "rows_per_epoch": len(train),
-               "upsample_factor": cfg.upsample_factor}
-    return "extra_epochs+early_stopping", details, train, trainer
+    found = (KnowledgeIntervention(), InconsistencyIntervention(), ForgettingIntervention(), UnderTrainingIntervention())
+    return {cause: intervention for intervention in found for cause in intervention.causes}
 
 
 #: Causes whose intervention continues the fine-tuned model instead of a new run from the base.
-CONTINUATIONS = ("under_training",)
-
-_RUNNERS: dict[str, Callable] = {
-    "missing_knowledge": _knowledge,
-    "knowledge_conflict": _knowledge,
-    "data_inconsistency": _inconsistency,
-    "forgetting": _forgetting,
-    "under_training": _under_training,
-}
+CONTINUATIONS = tuple(cause for cause, i in _interventions().items() if i.continues_fine_tuned)
 
 
 def intervene(
@@ -311,11 +192,9 @@ def intervene(
         peft_config: train a PEFT adapter (e.g. `LoraConfig`) instead of all weights.
         callbacks: extra callbacks for the new SFT run (e.g. a fresh `LearnTracker`).
     """
-    from hf_ilp.interventions.inconsistency import conflict_groups
-    from hf_ilp.interventions.knowledge import injection_corpus
-
-    if cause not in _RUNNERS:
-        raise ValueError(f"unknown cause {cause!r}; expected one of {tuple(_RUNNERS)}")
+    interventions = _interventions()
+    if cause not in interventions:
+        raise ValueError(f"unknown cause {cause!r}; expected one of {tuple(interventions)}")
     config = config or InterventionConfig()
     if config.inconsistency_strategy not in ("bucket", "resolve"):
         raise ValueError(f"inconsistency_strategy must be 'bucket' or 'resolve', got {config.inconsistency_strategy!r}")
@@ -330,30 +209,13 @@ def intervene(
         raise ValueError(f"extra_on must be 'flagged' or 'all', got {config.extra_on!r}")
     check_report_matches(report, train_dataset, "train_dataset")
     flagged = require_flagged(report, [cause])
-    prepared = None
-    # everything that can fail on bad input is checked here, before any output exists
-    if cause in ("missing_knowledge", "knowledge_conflict"):
-        if knowledge_source is None:
-            raise ValueError(f"{cause} needs knowledge_source= (a KnowledgeSource, e.g. BM25KnowledgeSource(texts))")
-        prepared = injection_corpus(report, train_dataset, knowledge_source, causes=[cause],
-                                    docs_per_sample=config.knowledge_docs_per_sample,
-                                    general_share=config.knowledge_general_share, repeats=config.knowledge_repeats,
-                                    general_texts=general_texts, seed=args.seed)
-    elif cause == "data_inconsistency":
-        prepared = conflict_groups(report, train_dataset)
-        if not prepared:
-            raise ValueError(
-                f"the {len(flagged)} data_inconsistency samples have no conflicting partner in train_dataset "
-                "(same prompt, or ids in a 'conflict_ids' report column); nothing to resolve or bucket")
-    elif cause == "forgetting":
-        stages = set(train_dataset["stage"]) if "stage" in train_dataset.column_names else set()
-        if len(stages) < 2:
-            raise ValueError("forgetting's global shuffle needs a 'stage' column with at least two stages in train_dataset")
-    elif cause == "under_training":
-        if model is None:
-            raise ValueError("under_training continues from the fine-tuned model: pass model=")
-        if eval_dataset is None or len(eval_dataset) == 0:
-            raise ValueError("under_training stops on validation loss: pass a non-empty eval_dataset")
+    intervention = interventions[cause]
+    inputs = InterventionInputs(
+        cause=cause, report=report, train=train_dataset, flagged=flagged, base_model=base_model, model=model,
+        tokenizer=tokenizer, args=args, eval_dataset=eval_dataset, knowledge_source=knowledge_source,
+        general_texts=general_texts, judge=judge, peft_config=peft_config, callbacks=tuple(callbacks), config=config,
+    )
+    prepared = intervention.check(inputs)  # everything that can fail on bad input, before any output exists
 
     output_dir = Path(output_dir)
     from accelerate import PartialState
@@ -362,10 +224,7 @@ def intervene(
     place = atomic_dir(output_dir) if state.is_main_process else _scratch_dir()
     with place as tmp:
         run_args = dataclasses.replace(args, output_dir=str(tmp / "run"), save_strategy="no")
-        ctx = dict(config=config, tmp=tmp, train=train_dataset, flagged=flagged, prepared=prepared,
-                   base_model=base_model, model=model, tokenizer=tokenizer, args=args, run_args=run_args,
-                   eval_dataset=eval_dataset, judge=judge, peft_config=peft_config, callbacks=list(callbacks))
-        method, details, used_train, trainer = _RUNNERS[cause](ctx)
+        method, details, used_train, trainer = intervention.run(inputs, prepared, tmp, run_args)
         used_train.save_to_disk(str(tmp / "train_dataset"))
         trained = trainer.model
         trained.save_pretrained(str(tmp / "model"))
@@ -407,9 +266,10 @@ def intervene_and_rediagnose(causes: Sequence[str], report, train_dataset, outpu
     from hf_ilp.tracking import LearnTracker
 
     causes = [c.strip() for c in causes if c.strip()]
-    unknown = [c for c in causes if c not in _RUNNERS]
+    known = tuple(_interventions())
+    unknown = [c for c in causes if c not in known]
     if unknown:
-        raise ValueError(f"unknown cause(s) {unknown} to intervene on; expected some of {tuple(_RUNNERS)}")
+        raise ValueError(f"unknown cause(s) {unknown} to intervene on; expected some of {known}")
     check_report_matches(report, train_dataset, "train_dataset")
     for cause in causes:
         require_flagged(report, [cause])

@@ -29,6 +29,9 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from hf_ilp.interventions._common import fresh_model
+from hf_ilp.interventions.base import Intervention, with_peft
+
 
 SOURCE_STAGE = "source_stage"
 
@@ -147,3 +150,43 @@ class DynamicResamplingCallback(TrainerCallback):
             self.best[s] = max(best, acc)
         self.history.append({"step": state.global_step, "accuracy": {str(k): v for k, v in accuracy.items()},
                              "boosted": sorted(str(s) for s in self._sampler.boosted)})
+
+
+class ForgettingIntervention(Intervention):
+    """forgetting: one global shuffle of the stages, with `DynamicResamplingCallback` resampling a
+    stage whose probe accuracy falls below its best, from the base."""
+
+    causes = ("forgetting",)
+
+    def check(self, inputs):
+        stages = set(inputs.train["stage"]) if "stage" in inputs.train.column_names else set()
+        if len(stages) < 2:
+            raise ValueError("forgetting's global shuffle needs a 'stage' column with at least two stages in train_dataset")
+
+    def run(self, inputs, prepared, tmp, run_args):
+        from hf_ilp.interventions.sampling import TrainSamplerSFTTrainer
+
+        cfg, seed = inputs.config, inputs.args.seed
+        train = global_shuffle(inputs.train, seed=seed)
+        probe = _probe_slice(train, SOURCE_STAGE, cfg.resample_probe_per_subset, seed)
+        cb = DynamicResamplingCallback(probe, inputs.tokenizer, subset_column=SOURCE_STAGE,
+                                       every_k_steps=cfg.resample_every_k_steps, threshold=cfg.resample_threshold,
+                                       replay_share=cfg.resample_replay_share)
+        model = with_peft(fresh_model(inputs.base_model), inputs.peft_config)
+        trainer = TrainSamplerSFTTrainer(model=model, args=run_args, train_dataset=train, processing_class=inputs.tokenizer,
+                                         callbacks=[*inputs.callbacks, cb], train_sampler=cb.sampler)
+        trainer.train()
+        details = {"subsets": sorted(map(str, set(train[SOURCE_STAGE]))), "probe_rows": len(probe),
+                   "replayed_draws": cb.replayed_draws, "resampling_history": cb.history}
+        return "global_shuffle+dynamic_resampling", details, train, trainer
+
+
+def _probe_slice(dataset, column, per_subset, seed):
+    """Up to `per_subset` random rows of each subset (the held-out accuracy probe)."""
+    shuffled = dataset.shuffle(seed=seed + 1)
+    taken, keep = {}, []
+    for i, s in enumerate(shuffled[column]):
+        if taken.get(s, 0) < per_subset:
+            taken[s] = taken.get(s, 0) + 1
+            keep.append(i)
+    return shuffled.select(keep)

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from hf_ilp._rows import as_text, split_messages
-from hf_ilp.interventions._common import flagged_ids, prompt_text
+from hf_ilp.interventions._common import flagged_ids, fresh_model, prompt_text
+from hf_ilp.interventions.base import Intervention, sft, with_peft
 from hf_ilp.interventions.sampling import optimizer_batch_size
 
 #: Report evidence columns naming a sample's conflicting partner(s): the Diagnoser's
@@ -266,3 +267,45 @@ def conflict_buckets(groups: Sequence[Sequence[str]], batch_size: int | None = N
         return ConflictBucketSampler.from_ids(dataset["id"], groups, size, seed=trainer.args.seed)
 
     return factory
+
+
+class InconsistencyIntervention(Intervention):
+    """data_inconsistency: resolve where the judge can tell (`resolve_conflicts`), bucket the rest
+    (`conflict_buckets`), then SFT again from the base; `inconsistency_strategy="bucket"` buckets all."""
+
+    causes = ("data_inconsistency",)
+
+    def check(self, inputs):
+        groups = conflict_groups(inputs.report, inputs.train)
+        if not groups:
+            raise ValueError(
+                f"the {len(inputs.flagged)} data_inconsistency samples have no conflicting partner in train_dataset "
+                "(same prompt, or ids in a 'conflict_ids' report column); nothing to resolve or bucket")
+        return groups
+
+    def run(self, inputs, prepared, tmp, run_args):
+        import functools
+
+        from hf_ilp.interventions.sampling import TrainSamplerSFTTrainer
+
+        cfg, groups = inputs.config, prepared
+        train, details = inputs.train, {"groups": len(groups), "group_members": sum(map(len, groups))}
+        method = "bucket"
+        if cfg.inconsistency_strategy == "resolve":
+            judge = inputs.judge
+            if judge is None:  # the base model's likelihood (its object as given, or loaded from its path)
+                base = inputs.base_model
+                if isinstance(base, (str, bytes)) or hasattr(base, "__fspath__"):
+                    base = fresh_model(base).to(inputs.args.device)
+                judge = likelihood_judge(base, inputs.tokenizer, margin=cfg.inconsistency_margin)
+                details["judge"] = f"likelihood of the base model, margin {cfg.inconsistency_margin}"
+            else:
+                details["judge"] = judge if isinstance(judge, str) else getattr(judge, "__name__", type(judge).__name__)
+            train, dropped, groups = resolve_conflicts(train, groups, judge=judge)
+            details.update(dropped=dropped, undecided_groups=len(groups))
+            method = "resolve+bucket"
+        model = with_peft(fresh_model(inputs.base_model), inputs.peft_config)
+        trainer_cls = functools.partial(TrainSamplerSFTTrainer, train_sampler=conflict_buckets(groups))
+        trainer = sft(model, inputs.tokenizer, train, run_args, inputs.callbacks, trainer_cls)
+        details["bucketed_groups"] = groups
+        return method, details, train, trainer

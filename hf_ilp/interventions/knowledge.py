@@ -26,7 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from hf_ilp.interventions._common import flagged_ids, prompt_text
+from hf_ilp.interventions._common import flagged_ids, fresh_model, prompt_text
+from hf_ilp.interventions.base import Intervention, sft, with_peft
 
 KNOWLEDGE_CAUSES = ("missing_knowledge", "knowledge_conflict")
 
@@ -203,3 +204,35 @@ def continued_pretraining(model, tokenizer, corpus, args, callbacks=()):
                          processing_class=tokenizer, callbacks=list(callbacks))
     trainer.train()
     return trainer
+
+
+class KnowledgeIntervention(Intervention):
+    """missing_knowledge and knowledge_conflict: continued pre-training on the retrieved documents
+    (`injection_corpus`, general text `knowledge_general_share` of the mix), then SFT again."""
+
+    causes = ("missing_knowledge", "knowledge_conflict")
+
+    def check(self, inputs):
+        cfg = inputs.config
+        if inputs.knowledge_source is None:
+            raise ValueError(f"{inputs.cause} needs knowledge_source= (a KnowledgeSource, e.g. BM25KnowledgeSource(texts))")
+        return injection_corpus(inputs.report, inputs.train, inputs.knowledge_source, causes=[inputs.cause],
+                                docs_per_sample=cfg.knowledge_docs_per_sample, general_share=cfg.knowledge_general_share,
+                                repeats=cfg.knowledge_repeats, general_texts=inputs.general_texts, seed=inputs.args.seed)
+
+    def run(self, inputs, prepared, tmp, run_args):
+        import dataclasses
+
+        from trl import SFTTrainer
+
+        cfg, args = inputs.config, inputs.args
+        corpus, stats = prepared
+        corpus.save_to_disk(str(tmp / "cpt_corpus"))
+        model = with_peft(fresh_model(inputs.base_model), inputs.peft_config)
+        cpt_args = dataclasses.replace(
+            args, output_dir=str(tmp / "run" / "cpt"), num_train_epochs=cfg.cpt_epochs, save_strategy="no",
+            learning_rate=cfg.cpt_learning_rate or args.learning_rate,
+            per_device_train_batch_size=cfg.cpt_batch_size or args.per_device_train_batch_size)
+        continued_pretraining(model, inputs.tokenizer, corpus, cpt_args)
+        trainer = sft(model, inputs.tokenizer, inputs.train, run_args, inputs.callbacks, SFTTrainer)
+        return "continued_pretraining+sft", {"corpus": stats}, inputs.train, trainer

@@ -49,6 +49,9 @@ from __future__ import annotations
 import torch
 from transformers import TrainerCallback
 
+from hf_ilp.interventions._common import fresh_model
+from hf_ilp.interventions.base import Intervention, with_peft
+
 
 class ValLossRiseStopping(TrainerCallback):
     """Stop training when `eval_loss` rises more than `delta` above a reference, and put back the
@@ -151,3 +154,41 @@ def targeted(dataset, ids, factor: int, replay_ratio: float = 0.0, seed: int = 0
     n_replay = min(len(others), round(replay_ratio * factor * len(flagged)))
     replay = sorted(np.random.default_rng(seed).choice(others, size=n_replay, replace=False).tolist()) if n_replay else []
     return concatenate_datasets([dataset.select(flagged)] * factor + ([dataset.select(replay)] if replay else []))
+
+
+class UnderTrainingIntervention(Intervention):
+    """under_training: extra epochs from the fine-tuned model over the flagged samples (`targeted`,
+    or `upsample` with `extra_on="all"`), kept while `ValLossRiseStopping` accepts them."""
+
+    causes = ("under_training",)
+    continues_fine_tuned = True
+
+    def check(self, inputs):
+        if inputs.model is None:
+            raise ValueError("under_training continues from the fine-tuned model: pass model=")
+        if inputs.eval_dataset is None or len(inputs.eval_dataset) == 0:
+            raise ValueError("under_training stops on validation loss: pass a non-empty eval_dataset")
+
+    def run(self, inputs, prepared, tmp, run_args):
+        import dataclasses
+
+        from trl import SFTTrainer
+
+        cfg, train = inputs.config, inputs.train
+        if "stage" in train.column_names:  # extra epochs go over all stages at once
+            train = train.rename_column("stage", "source_stage")
+        if cfg.extra_on == "flagged":
+            train = targeted(train, inputs.flagged, cfg.upsample_factor, cfg.extra_replay_ratio, seed=run_args.seed)
+        else:
+            train = upsample(train, inputs.flagged, cfg.upsample_factor)
+        stop = ValLossRiseStopping(delta=cfg.extra_delta, patience=cfg.extra_patience, reference=cfg.extra_reference)
+        model = with_peft(fresh_model(inputs.model), inputs.peft_config)
+        args = dataclasses.replace(run_args, num_train_epochs=cfg.extra_max_epochs, eval_strategy="epoch")
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=inputs.eval_dataset,
+                             processing_class=inputs.tokenizer, callbacks=[*inputs.callbacks, stop])
+        trainer.evaluate()
+        trainer.train()
+        details = {"val_losses": stop.losses, "rejected_val_loss": stop.rejected_loss, "rejected_val_losses": stop.rejected,
+                   "extra_epochs_kept": len(stop.losses) - 1, "stopped_at_epoch": stop.stopped_at_epoch,
+                   "extra_on": cfg.extra_on, "rows_per_epoch": len(train), "upsample_factor": cfg.upsample_factor}
+        return "extra_epochs+early_stopping", details, train, trainer

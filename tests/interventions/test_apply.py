@@ -230,3 +230,17 @@ def test_intervene_and_rediagnose_saves_a_new_report_naming_the_intervention(tmp
     assert found["fixed"] == sum(learned for i, learned in zip(saved.samples["id"], saved.samples["learned"])
                                  if i in CAUSE_ROWS["forgetting"])
     assert table.splitlines()[-1].split() == ["fixed", "/", "flagged", f"{found['fixed']}/2", f"({found['fixed_share']:.0%})"]
+
+
+def test_every_cause_has_one_intervention_object():
+    """Each cause's fix is one `Intervention` (check, then run), found by cause; under_training alone
+    continues the fine-tuned model."""
+    from hf_ilp.diagnosis.report import CAUSES
+    from hf_ilp.interventions import Intervention
+    from hf_ilp.interventions.apply import CONTINUATIONS, _interventions
+
+    found = _interventions()
+    assert set(found) == set(CAUSES)
+    assert all(isinstance(i, Intervention) and cause in i.causes for cause, i in found.items())
+    assert found["missing_knowledge"] is found["knowledge_conflict"]
+    assert CONTINUATIONS == ("under_training",)
