@@ -118,6 +118,7 @@ class MultiTaskWorld:
 
         self.path = Path(self.path)
         meta = verified_meta(self.path, "meta.json")
+        self.version = int(meta.get("design", self.version))  # what the folder holds wins over the argument
         self.tasks: list[str] = meta["tasks"]
         self.base_model_path = self.path / "base_model"
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_model_path)

@@ -105,6 +105,7 @@ def test_cache_entry_is_checked_and_a_corrupt_one_rebuilt(tmp_path):
 
     world = build_multitask_world("tiny", seed=1, cache_dir=tmp_path, version=2)
     assert world.path.name.startswith("multitask2-") and "-tiny-seed1" in world.path.name
+    assert MultiTaskWorld(path=world.path, size="tiny", seed=1).version == 2  # read from the folder
     shard = next((world.path / "train").glob("*.arrow"))
     shard.write_bytes(shard.read_bytes()[:-8] + b"corrupt!")
     with pytest.raises(CorruptWorldError, match="checksum"):
