@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -138,6 +139,7 @@ def _scratch_dir():
         yield Path(tmp)
 
 
+@functools.cache
 def _interventions() -> dict[str, Intervention]:
     """Each cause's `Intervention` (one per module: adding a cause is adding its module and a line here)."""
     from hf_ilp.interventions.forgetting import ForgettingIntervention

@@ -91,6 +91,11 @@ _PUNCT = [":", "(", ",", ")"]
 _SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
 
 
+def _spec(size: str, version: int) -> dict:
+    """The settings of the world `version` of `size`."""
+    return (_SIZES if version == 1 else _SIZES_V2)[size]
+
+
 def _apply(task: str, xs: list[str], succ: dict[str, str]) -> list[str]:
     if task == "copy":
         return list(xs)
@@ -138,7 +143,7 @@ class MultiTaskWorld:
 
         from hf_ilp.training import no_activation_checkpointing
 
-        spec = (_SIZES if self.version == 1 else _SIZES_V2)[self.size]
+        spec = _spec(self.size, self.version)
         kwargs = dict(
             output_dir=str(output_dir), num_train_epochs=spec.get("epochs", 12), per_device_train_batch_size=16,
             learning_rate=spec.get("learning_rate", 3e-3),
@@ -288,7 +293,7 @@ def _build(path: Path, size: str, seed: int, version: int = 1) -> None:
     from hf_ilp.world.model import pretrain, tiny_llama_config
     from hf_ilp.world.tokenizer import build_word_tokenizer
 
-    spec = (_SIZES if version == 1 else _SIZES_V2)[size]
+    spec = _spec(size, version)
     rows, corpus, tasks, symbols = (_rows_and_corpus if version == 1 else _rows_and_corpus_v2)(size, seed)
     for split, split_rows in rows.items():
         Dataset.from_list(split_rows).save_to_disk(str(path / split))
@@ -320,7 +325,7 @@ def build_multitask_world(
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     root = writable_cache_dir(cache_dir, "multi-task world")
-    spec = (_SIZES if version == 1 else _SIZES_V2)[size]
+    spec = _spec(size, version)
     key = f"multitask{'' if version == 1 else version}-v{VERSION}-{spec_hash(spec)}-{size}-seed{seed}"
 
     def build(path):
