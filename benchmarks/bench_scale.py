@@ -48,7 +48,7 @@ from bench_tracking import _generate_protocol  # noqa: E402
 
 from hf_ilp import LearnTracker, LearnTrackerConfig, check_learned  # noqa: E402
 from hf_ilp.diagnosis import DiagnoserConfig, diagnose  # noqa: E402
-from hf_ilp.training import no_activation_checkpointing  # noqa: E402
+from hf_ilp.training import bind_trainer, no_activation_checkpointing  # noqa: E402
 from hf_ilp.world import build_word_tokenizer  # noqa: E402
 
 VOCAB = 151_936
@@ -137,7 +137,8 @@ def train_epoch(model, tokenizer, rows, args, tracker):
                            save_strategy="no", logging_steps=10**6, disable_tqdm=True, bf16=args.dtype == torch.bfloat16,
                            use_cpu=args.device.type == "cpu", seed=0, **no_activation_checkpointing())
         callbacks = [timer] + ([tracker] if tracker is not None else [])
-        trainer = SFTTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer, callbacks=callbacks)
+        trainer = bind_trainer(SFTTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer,
+                                          callbacks=callbacks))
         with Peak(args.device) as peak:
             start = time.perf_counter()
             trainer.train()

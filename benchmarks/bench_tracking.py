@@ -27,6 +27,7 @@ from trl import SFTTrainer
 
 from hf_ilp import LearnTracker, check_learned
 from hf_ilp.tracking.learn_check import tokenize_rows
+from hf_ilp.training import bind_trainer
 from hf_ilp.world import build_world
 
 
@@ -47,7 +48,8 @@ def _train(world, model, tracker, out):
     args = world.sft_config(out, logging_steps=10**6, disable_tqdm=True, seed=0)
     callbacks = [timer] + ([tracker] if tracker is not None else [])
     start = time.perf_counter()
-    SFTTrainer(model=model, args=args, train_dataset=world.train, processing_class=world.tokenizer, callbacks=callbacks).train()
+    bind_trainer(SFTTrainer(model=model, args=args, train_dataset=world.train, processing_class=world.tokenizer,
+                            callbacks=callbacks)).train()
     total = time.perf_counter() - start
     return np.diff(timer.cpu)[2:], np.diff(timer.wall)[2:], total
 

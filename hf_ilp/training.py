@@ -33,7 +33,8 @@ def train_stages(
     """Fine-tune `model` on each distinct `stage` of `train_dataset` in ascending order; return the last trainer.
 
     Every stage gets a fresh trainer (so a fresh optimizer and scheduler) on the same model and the
-    same callback instances, with its outputs in `args.output_dir/stage-K`; callbacks therefore see
+    same callback instances (those that keep a `trainer` attribute are pointed at it: `bind_trainer`),
+    with its outputs in `args.output_dir/stage-K`; callbacks therefore see
     one `on_train_begin`/`on_train_end` per stage and can tell stages apart by the trainer's
     `args.output_dir`. Without a `stage` column this is one ordinary training run in
     `args.output_dir`. `peft_config`, if given, wraps the model once, in the first stage.
@@ -70,6 +71,19 @@ def _last_checkpoint(folder):
     return get_last_checkpoint(folder) if os.path.isdir(folder) else None
 
 
+def bind_trainer(trainer):
+    """Point the callbacks of `trainer` that keep a `trainer` attribute at this trainer; returns it.
+
+    That attribute is TRL's convention for a callback that needs its trainer (`LogCompletionsCallback(trainer)`,
+    `hf_ilp.LearnTracker(trainer=...)`). A callback instance shared by several trainers (one per
+    stage, as here) must serve the one that runs: call this on each trainer before it trains.
+    """
+    for callback in trainer.callback_handler.callbacks:
+        if hasattr(callback, "trainer"):
+            callback.trainer = trainer
+    return trainer
+
+
 def _train(trainer_cls, model, processing_class, train_dataset, args, callbacks, eval_dataset, peft_config, resume=None):
     kwargs = {"peft_config": peft_config} if peft_config is not None else {}
     trainer = trainer_cls(
@@ -81,6 +95,7 @@ def _train(trainer_cls, model, processing_class, train_dataset, args, callbacks,
         callbacks=list(callbacks),
         **kwargs,
     )
+    bind_trainer(trainer)
     trainer.train(resume_from_checkpoint=resume or None)
     return trainer
 

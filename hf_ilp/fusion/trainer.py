@@ -30,6 +30,7 @@ from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from hf_ilp.isolation.masks import CompactMask, UpdateMasker
+from hf_ilp.training import bind_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +64,13 @@ def train_probes(base, train_dataset, args, processing_class, tasks: Sequence[st
         path = Path(args.output_dir) / f"probe-{task}"
         probe_args = dataclasses.replace(args, output_dir=str(path), num_train_epochs=epochs)
         logger.info("CPI-FT probe fine-tune on task %r", task)
-        trainer = SFTTrainer(
+        trainer = bind_trainer(SFTTrainer(
             model=AutoModelForCausalLM.from_pretrained(base, dtype="auto"),
             args=probe_args,
             train_dataset=_rows_of(train_dataset, column, [task]),
             processing_class=processing_class,
             callbacks=list(callbacks),
-        )
+        ))
         trainer.train()
         trainer.save_model(str(path))
         out[task] = path
@@ -167,8 +168,9 @@ class CPIFTTrainer(SFTTrainer):
                 stage + 1, len(self.groups), tasks, len(rows), sum(m.count for m in frozen.values()),
             )
             stage_args = dataclasses.replace(self.args, output_dir=os.path.join(self.args.output_dir, f"stage-{stage}"))
-            trainer = SFTTrainer(model=self.model, args=stage_args, train_dataset=rows, processing_class=self.processing_class,
-                                 callbacks=[*self._callbacks, _FreezeEntries(self._masker)], **self._stage_kwargs)
+            trainer = bind_trainer(SFTTrainer(model=self.model, args=stage_args, train_dataset=rows,
+                                              processing_class=self.processing_class,
+                                              callbacks=[*self._callbacks, _FreezeEntries(self._masker)], **self._stage_kwargs))
             output = trainer.train(**kwargs)
             self.stage_trainers.append(trainer)
             self.state = trainer.state

@@ -165,6 +165,7 @@ class ForgettingIntervention(Intervention):
 
     def run(self, inputs, prepared, tmp, run_args):
         from hf_ilp.interventions.sampling import TrainSamplerSFTTrainer
+        from hf_ilp.training import bind_trainer
 
         cfg, seed = inputs.config, inputs.args.seed
         train = global_shuffle(inputs.train, seed=seed)
@@ -173,8 +174,9 @@ class ForgettingIntervention(Intervention):
                                        every_k_steps=cfg.resample_every_k_steps, threshold=cfg.resample_threshold,
                                        replay_share=cfg.resample_replay_share)
         model = with_peft(fresh_model(inputs.base_model), inputs.peft_config)
-        trainer = TrainSamplerSFTTrainer(model=model, args=run_args, train_dataset=train, processing_class=inputs.tokenizer,
-                                         callbacks=[*inputs.callbacks, cb], train_sampler=cb.sampler)
+        trainer = bind_trainer(TrainSamplerSFTTrainer(model=model, args=run_args, train_dataset=train,
+                                                      processing_class=inputs.tokenizer, callbacks=[*inputs.callbacks, cb],
+                                                      train_sampler=cb.sampler))
         trainer.train()
         details = {"subsets": sorted(map(str, set(train[SOURCE_STAGE]))), "probe_rows": len(probe),
                    "replayed_draws": cb.replayed_draws, "resampling_history": cb.history}

@@ -174,6 +174,8 @@ class UnderTrainingIntervention(Intervention):
 
         from trl import SFTTrainer
 
+        from hf_ilp.training import bind_trainer
+
         cfg, train = inputs.config, inputs.train
         if "stage" in train.column_names:  # extra epochs go over all stages at once
             train = train.rename_column("stage", "source_stage")
@@ -184,8 +186,8 @@ class UnderTrainingIntervention(Intervention):
         stop = ValLossRiseStopping(delta=cfg.extra_delta, patience=cfg.extra_patience, reference=cfg.extra_reference)
         model = with_peft(fresh_model(inputs.model), inputs.peft_config)
         args = dataclasses.replace(run_args, num_train_epochs=cfg.extra_max_epochs, eval_strategy="epoch")
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=inputs.eval_dataset,
-                             processing_class=inputs.tokenizer, callbacks=[*inputs.callbacks, stop])
+        trainer = bind_trainer(SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=inputs.eval_dataset,
+                                          processing_class=inputs.tokenizer, callbacks=[*inputs.callbacks, stop]))
         trainer.evaluate()
         trainer.train()
         details = {"val_losses": stop.losses, "rejected_val_loss": stop.rejected_loss, "rejected_val_losses": stop.rejected,

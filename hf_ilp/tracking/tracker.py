@@ -9,6 +9,10 @@ gathered across processes and appended to the records: no extra forward pass dur
 At the end of each training run (each stage of `hf_ilp.training.train_stages`) every tracked row
 is checked on the current weights with `check_learned` (the only extra forward), so that rows of
 earlier stages are observed after later ones. See `hf_ilp.tracking.records` for the schema.
+
+This module is the callback: when to observe, and what it reads from its trainer. The per-row
+tensor math is `hf_ilp.tracking.row_stats`; the observations, the records they make and their
+round trip through checkpoints are `hf_ilp.tracking.history`.
 """
 
 from __future__ import annotations
@@ -24,26 +28,21 @@ import numpy as np
 import torch
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
+from transformers.trainer_callback import DefaultFlowCallback
 
 from hf_ilp.tracking.config import LearnTrackerConfig
-from hf_ilp.tracking.learn_check import TokenizedRows, column_lists, pass_at_n, position_chunks, row_hash, score_rows, tokenize_rows
-from hf_ilp.tracking.records import RECORDS_DIRNAME, SCHEMA_VERSION, build_records, load_tracker_state, save_records
-
-def _names(names, limit=10) -> str:
-    names = list(names)
-    return ", ".join(map(str, names[:limit])) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
+from hf_ilp.tracking.history import LearningHistory, checkpoint_state, names_preview
+from hf_ilp.tracking.learn_check import TokenizedRows, column_lists, pass_at_n, row_hash, score_rows, tokenize_rows
+from hf_ilp.tracking.records import RECORDS_DIRNAME
+from hf_ilp.tracking.row_stats import match_rows, observation, row_statistics
 
 
-def _caller_of_type(cls):
-    """The `self` of the nearest calling frame that is a `cls` (the Trainer or its CallbackHandler).
-
-    Callbacks are not handed the trainer; the tracker looks it up to read what events do not pass.
-    """
+def _trainer_on_stack():
+    """The Trainer among the calling frames (the deprecated way to find it, for a tracker not given one)."""
     frame = sys._getframe(2)
     while frame is not None:
         obj = frame.f_locals.get("self")
-        if isinstance(obj, cls):
+        if isinstance(obj, Trainer):
             return obj
         frame = frame.f_back
     return None
@@ -78,26 +77,33 @@ class LearnTracker(TrainerCallback):
             this callback) so that rows of every stage are observed at every stage end; without it,
             rows join the records when a run first trains them.
         config: a `LearnTrackerConfig`.
+        trainer: the trainer it runs in, as TRL's callbacks take it (`LogCompletionsCallback(trainer)`):
+            the tracker reads its prepared training set (which keeps the `id` and `stage` columns
+            the dataloader drops), goes ahead of its `report_to` callbacks so they log the
+            aggregates, and sends them the records at the end. A tracker shared by several
+            trainers (one per stage) serves the one in `tracker.trainer`: set it for each, or let
+            `hf_ilp.training.train_stages` do it (`hf_ilp.training.bind_trainer`).
 
     Example:
         >>> from trl import SFTTrainer
         >>> from hf_ilp import LearnTracker, load_records
-        >>> trainer = SFTTrainer(model=model, args=args, train_dataset=train, callbacks=[LearnTracker()])
+        >>> trainer = SFTTrainer(model=model, args=args, train_dataset=train)
+        >>> trainer.add_callback(LearnTracker(trainer=trainer))
         >>> trainer.train()
         >>> records = load_records(args.output_dir)  # one row per sample, see hf_ilp.tracking.records
     """
 
-    def __init__(self, dataset=None, config: LearnTrackerConfig | None = None):
+    def __init__(self, dataset=None, config: LearnTrackerConfig | None = None, trainer=None):
         self.dataset = dataset
         self.config = config or LearnTrackerConfig()
+        self.trainer = trainer
         self.rows: TokenizedRows | None = None
+        self.history = LearningHistory()
+        self.records_path: Path | None = None
         self._index: dict[str, list[int]] = {}
         self._targets: list[np.ndarray] = []
-        self._events: list[dict] = []
-        self._pending: dict[int, tuple] = {}
-        self._counter = 0  # training forwards seen: orders the presentations inside a window
-        self._step_offset = 0  # optimizer steps of the finished runs
-        self._run = -1
+        self._pending: dict[int, tuple] = {}  # row -> its first presentation since the last observation
+        self._running = None  # the trainer of the current run
         self._stage = -1
         self._ended_step: int | None = None  # global_step at the last on_train_end
         self._last_obs_step = -1
@@ -105,8 +111,6 @@ class LearnTracker(TrainerCallback):
         self._unmatched = 0
         self._nonfinite: set[int] = set()
         self._uncovered: set[int] = set()
-        self._learned_last = self._learned_ever = self._observed = None
-        self.records_path: Path | None = None
 
     # ---- set-up -------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, processing_class=None, train_dataloader=None, **kwargs):
@@ -116,14 +120,12 @@ class LearnTracker(TrainerCallback):
                 "wrong per-sample numbers. Set `packing=False` and `padding_free=False` in SFTConfig (or drop "
                 "LearnTracker from this run)."
             )
+        self._running = self._running_trainer(train_dataloader)
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         if state.global_step == 0 and self._ended_step is not None:  # a new run (stage) after a finished one
-            self._step_offset += self._ended_step
-            for ev in self._events:
-                if ev["kind"] == "final":
-                    ev["kind"] = "stage_end"
+            self.history.close_run(self._ended_step)
             self._ended_step = None
-        self._run += 1
+        self.history.run += 1
         prepared = self._prepared(train_dataloader)
         trained = None if prepared is None else [row_hash(x) for x in column_lists(prepared, ["input_ids"])["input_ids"]]
         if self.rows is None:
@@ -162,11 +164,11 @@ class LearnTracker(TrainerCallback):
         stages = {self.rows.stages[self._index[h][0]] for h in trained or ()} - {-1}
         if state.global_step > 0:
             self._restore(args, state)
-        earlier = [ev["stage"] for ev in self._events if ev["stage"] >= 0]
+        earlier = self.history.earlier_stages()
         if len(stages) == 1 and (not earlier or min(stages) >= max(earlier)):
             self._stage = stages.pop()
         elif not stages:
-            self._stage = self._run
+            self._stage = self.history.run
         else:  # rows of several stages, or of a stage already left behind: a continuation is the next stage
             self._stage = max(earlier) + 1 if earlier else -1
         self._last_obs_step = state.global_step
@@ -174,14 +176,34 @@ class LearnTracker(TrainerCallback):
             self._hook = model.register_forward_hook(self._on_forward, with_kwargs=True)
         self._log_before_reporters()
 
-    @staticmethod
-    def _prepared(train_dataloader):
+    def _running_trainer(self, train_dataloader):
+        """`self.trainer` when it is the trainer now training (its handler passed this dataloader)."""
+        trainer = self.trainer
+        if trainer is not None:
+            handler = trainer.callback_handler
+            if self in handler.callbacks and handler.train_dataloader is train_dataloader:
+                return trainer
+            raise ValueError(
+                "LearnTracker: `tracker.trainer` is not the trainer that is training (a tracker shared by several "
+                "trainers serves the one in `tracker.trainer`): set `tracker.trainer = trainer` before each "
+                "`trainer.train()`, or run the stages with hf_ilp.training.train_stages, which does."
+            )
+        warnings.warn(
+            "LearnTracker was not given its trainer, so it looked for it on the call stack; that lookup goes in the "
+            "next release. Pass the trainer as TRL's callbacks take it: "
+            "`trainer.add_callback(LearnTracker(trainer=trainer))` (or set `tracker.trainer = trainer`).",
+            FutureWarning,
+            stacklevel=3,
+        )
+        return _trainer_on_stack()
+
+    def _prepared(self, train_dataloader):
         """The training rows as the trainer prepared them (tokenized), or None if they cannot be listed.
 
         The trainer's own prepared set is preferred: it keeps the `id`/`stage` columns that the
         dataloader's copy drops (`remove_unused_columns`); same rows, same order.
         """
-        for dataset in (getattr(_caller_of_type(Trainer), "train_dataset", None), getattr(train_dataloader, "dataset", None)):
+        for dataset in (getattr(self._running, "train_dataset", None), getattr(train_dataloader, "dataset", None)):
             if isinstance(dataset, Dataset) and "input_ids" in dataset.column_names:
                 return dataset
         return None
@@ -192,20 +214,14 @@ class LearnTracker(TrainerCallback):
         for i, h in enumerate(rows.hashes):
             self._index.setdefault(h, []).append(i)
         self._targets = [np.asarray(t, dtype=bool) for t in rows.targets]
-        n = len(rows.ids)
-        for name, default in (("_learned_last", False), ("_learned_ever", False), ("_observed", False)):
-            old = getattr(self, name)
-            new = np.full(n, default)
-            if old is not None:
-                new[: len(old)] = old
-            setattr(self, name, new)
+        self.history.resize(len(rows.ids))
         counts = {}
         for name in rows.names:
             counts[name] = counts.get(name, 0) + 1
         dup_ids = [k for k, c in counts.items() if c > 1]
         if dup_ids:
             raise ValueError(
-                f"LearnTracker: the `id` column has duplicates ({_names(dup_ids)}); records are keyed by id, make them unique"
+                f"LearnTracker: the `id` column has duplicates ({names_preview(dup_ids)}); records are keyed by id, make them unique"
             )
         if not first:
             return
@@ -213,21 +229,21 @@ class LearnTracker(TrainerCallback):
         if dup_rows:
             warnings.warn(
                 f"LearnTracker: {len(dup_rows)} group(s) of rows have identical tokens and share one record each "
-                f"(identical training rows cannot be told apart): {_names(dup_rows)}",
+                f"(identical training rows cannot be told apart): {names_preview(dup_rows)}",
                 stacklevel=3,
             )
         empty = [rows.names[i] for i in np.flatnonzero(rows.n_targets() == 0)]
         if empty:
             warnings.warn(
                 f"LearnTracker: {len(empty)} row(s) have no completion token (empty completion, or truncated away by "
-                f"max_length) and are not observed: {_names(empty)}",
+                f"max_length) and are not observed: {names_preview(empty)}",
                 stacklevel=3,
             )
 
     def _log_before_reporters(self):
         # Reporting callbacks (TensorBoard, Trackio, W&B) come before user callbacks in the handler, so
         # they would read `logs` before `on_log` adds the aggregates here: move this callback ahead.
-        handler = _caller_of_type(CallbackHandler)
+        handler = getattr(self._running, "callback_handler", None)
         if handler is not None and self in handler.callbacks:
             handler.callbacks.remove(self)
             at = sum(1 for cb in handler.callbacks[:1] if isinstance(cb, DefaultFlowCallback))
@@ -244,85 +260,27 @@ class LearnTracker(TrainerCallback):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
             return
-        ids = input_ids.detach().cpu().numpy()
         attn = kwargs.get("attention_mask")
-        attn = np.ones(ids.shape, dtype=bool) if attn is None else attn.detach().cpu().numpy().astype(bool)
-        n_batch, width = ids.shape
-        lengths = attn.sum(1)
-        offsets = attn.argmax(1)  # first real token (right or left padding)
-        tmask = np.zeros((n_batch, width - 1), dtype=bool)
-        matched = []
-        for b in range(n_batch):
-            off, length = int(offsets[b]), int(lengths[b])
-            if length == 0:
-                continue
-            idx = self._index.get(row_hash(ids[b, off : off + length]))
-            if idx is None:
-                self._unmatched += 1
-                continue
-            tmask[b, off : off + length - 1] = self._targets[idx[0]][1:]
-            matched.append((b, idx))
-        self._counter += 1
+        tmask, matched, unmatched = match_rows(
+            input_ids.detach().cpu().numpy(), None if attn is None else attn.detach().cpu().numpy(), self._index, self._targets
+        )
+        self._unmatched += unmatched
+        self.history.counter += 1
         if not matched:
             return
-        device = input_ids.device
-        if fused and np.array_equal(output.label_mask.detach().cpu().numpy(), tmask):
-            # the usual SFT case: the loss covers exactly the completions, and the fused head's
-            # per-token outputs are zero elsewhere, so row sums are the statistics
-            stats = torch.stack(
-                [
-                    output.log_probs.detach().double().sum(1),
-                    output.label_mask.detach().double().sum(1),
-                    output.is_top1.detach().double().sum(1),
-                    torch.zeros(n_batch, dtype=torch.float64, device=device),
-                ],
-                dim=1,
-            ).cpu().numpy()
-        else:
-            stats = self._masked_stats(fused, torch.from_numpy(tmask).to(device), input_ids, kwargs, output)
+        tmask = torch.from_numpy(tmask).to(input_ids.device)
+        stats = row_statistics(output, input_ids, tmask, kwargs.get("labels"), fused=fused)
         for b, idx in matched:
-            lp_sum, count, n_top1, n_uncovered = stats[b]
-            if count == 0:
+            seen = observation(stats[b])
+            if seen is None:
                 continue
-            nll = -lp_sum / count
-            entry = (self._counter, nll, n_top1 / count, bool(n_top1 == count and n_uncovered == 0), math.exp(lp_sum))
+            entry = (self.history.counter, *seen)
             for i in idx:
-                if n_uncovered:
+                if stats[b][3]:
                     self._uncovered.add(i)
-                if not math.isfinite(nll):
+                if not math.isfinite(seen[0]):
                     self._nonfinite.add(i)
                 self._pending.setdefault(i, entry)
-
-    @staticmethod
-    def _masked_stats(fused, tmask, input_ids, kwargs, output) -> np.ndarray:
-        """Per-row (log-prob sum, scored tokens, top-1 tokens, unlabeled completion tokens) over `tmask`."""
-        n_batch = tmask.shape[0]
-        row_of = torch.arange(n_batch, device=tmask.device)[:, None].expand_as(tmask)[tmask]
-        if fused:
-            lp = output.log_probs.detach()[tmask].double()
-            top1 = output.is_top1.detach()[tmask].bool()
-            covered = output.label_mask.detach()[tmask].bool()
-        else:  # the model's logits, read a chunk of scored positions at a time (no float32 copy of them all)
-            logits = output.logits.detach()
-            rows, cols = tmask.nonzero(as_tuple=True)
-            gold = input_ids[:, 1:][tmask]
-            lp = torch.empty(len(gold), dtype=torch.float64, device=tmask.device)
-            top1 = torch.empty(len(gold), dtype=torch.bool, device=tmask.device)
-            for sl in position_chunks(1, len(gold), logits.shape[-1]):
-                chunk = logits[rows[sl], cols[sl]].float()
-                lp[sl] = torch.log_softmax(chunk, -1).gather(-1, gold[sl, None]).squeeze(-1).double()
-                top1[sl] = chunk.argmax(-1) == gold[sl]
-            covered = (kwargs["labels"][:, 1:] != -100)[tmask]
-        zeros = torch.zeros(n_batch, dtype=torch.float64, device=tmask.device)
-        return torch.stack(
-            [
-                zeros.index_add(0, row_of, lp * covered),
-                zeros.index_add(0, row_of, covered.double()),
-                zeros.index_add(0, row_of, (top1 & covered).double()),
-                zeros.index_add(0, row_of, (~covered).double()),
-            ],
-            dim=1,
-        ).cpu().numpy()
 
     # ---- observations -----------------------------------------------------------------------
     def _merged_pending(self, args) -> dict[int, tuple]:
@@ -348,10 +306,10 @@ class LearnTracker(TrainerCallback):
                 "the model sees it (LearnTracker(dataset=...) with those rows) or remove the transform."
             )
         if nonfinite:
-            warnings.warn(f"LearnTracker: non-finite loss at step {state.global_step} for rows {_names(self.rows.names[i] for i in nonfinite)}; recorded as NaN", stacklevel=2)
+            warnings.warn(f"LearnTracker: non-finite loss at step {state.global_step} for rows {names_preview(self.rows.names[i] for i in nonfinite)}; recorded as NaN", stacklevel=2)
         if uncovered:
             warnings.warn(
-                f"LearnTracker: some completion tokens of rows {_names(self.rows.names[i] for i in uncovered)} carry no "
+                f"LearnTracker: some completion tokens of rows {names_preview(self.rows.names[i] for i in uncovered)} carry no "
                 "label in training (assistant mask narrower than the last answer?): they count as not reproduced",
                 stacklevel=2,
             )
@@ -394,19 +352,7 @@ class LearnTracker(TrainerCallback):
         self._append(kind, state, idx, **cols)
 
     def _append(self, kind, state, idx, **values):
-        self._events.append(
-            {
-                "kind": kind,
-                "step": self._step_offset + state.global_step,
-                "epoch": float(state.epoch or 0.0),
-                "stage": self._stage,
-                "idx": idx,
-                **values,
-            }
-        )
-        self._observed[idx] = True
-        self._learned_last[idx] = values["exact"]
-        self._learned_ever[idx] |= values["exact"]
+        self.history.append(kind, state.global_step, state.epoch or 0.0, self._stage, idx, **values)
 
     def on_step_end(self, args, state, control, **kwargs):
         epoch_done = state.epoch is not None and abs(state.epoch - round(state.epoch)) < 1e-9
@@ -428,34 +374,31 @@ class LearnTracker(TrainerCallback):
             self._hook.remove()
             self._hook = None
         self._write(args, state, self._records_dir(args))
-        trainer = _caller_of_type(Trainer) if args.report_to and state.is_world_process_zero else None
-        if trainer is not None:  # counts, unlearned rows and cartography to the report_to loggers
-            from hf_ilp.diagnosis.loggers import log_records
+        trainer, self._running = self._running, None
+        if trainer is not None and args.report_to and state.is_world_process_zero:
+            from hf_ilp.diagnosis.loggers import log_records  # counts, unlearned rows and cartography
 
             log_records(self.records, trainer, max_rows=self.config.log_samples)
 
     # ---- aggregates in the logs ---------------------------------------------------------------
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is None or not self._events:
+        if logs is None or not self.history.events:
             return
-        observed = max(int(self._observed.sum()), 1)
-        learned = int((self._learned_last & self._observed).sum())
-        forgotten = int((self._learned_ever & ~self._learned_last & self._observed).sum())
-        logs["ilp/learned"] = learned / observed
-        logs["ilp/forgotten"] = forgotten / observed
-        logs["ilp/never_learned"] = int((~self._learned_ever & self._observed).sum()) / observed
+        shares = self.history.shares()
+        logs.update(shares)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
-            state.log_history[-1].update({k: v for k, v in logs.items() if k.startswith("ilp/")})
+            state.log_history[-1].update(shares)
 
     # ---- records, checkpoints and resume ----------------------------------------------------
     def fork(self) -> "LearnTracker":
         """A copy that goes on recording from this tracker's history, for a run that continues the
         same model (extra epochs after the last stage): its records hold the earlier runs, then the
         new one, and are written to the new run's `output_dir` (`records_dir` is not inherited).
-        This tracker is left as it is; the tracked dataset is shared, not copied."""
+        This tracker is left as it is; the tracked dataset is shared, not copied; the copy has no
+        trainer yet (give it the new run's)."""
         if self._hook is not None:
             raise ValueError("LearnTracker.fork: a run is still training with this tracker; fork it after train()")
-        new = copy.deepcopy(self, memo={id(self.dataset): self.dataset})
+        new = copy.deepcopy(self, memo={id(self.dataset): self.dataset, id(self.trainer): None, id(self._running): None})
         new.config = replace(self.config, records_dir=None)
         new.records_path = None
         return new
@@ -465,35 +408,14 @@ class LearnTracker(TrainerCallback):
         """The records so far, as a `datasets.Dataset` (schema: `hf_ilp.tracking.records`)."""
         if self.rows is None:
             raise ValueError("LearnTracker has no records yet: training has not started")
-        return build_records(self.rows, self._events, self.config.slope_window)
+        return self.history.records(self.rows, self.config.slope_window)
 
     def _records_dir(self, args) -> Path:
         return Path(self.config.records_dir or Path(args.output_dir) / RECORDS_DIRNAME)
 
-    def _state(self, pending, global_step) -> dict:
-        return {
-            "global_step": global_step,
-            "row_names": self.rows.names,
-            "row_hashes": self.rows.hashes,
-            "counter": self._counter,
-            "step_offset": self._step_offset,
-            "run": self._run,
-            "pending": pending,
-            "events": self._events,
-        }
-
     def _write(self, args, state, path, pending=None):
-        if not state.is_world_process_zero:
-            return
-        tracker_state = self._state(pending or {}, state.global_step)
-        meta = {
-            "config": asdict(self.config),
-            "n_rows": len(self.rows.ids),
-            "n_observations": len(self._events),
-            "global_step": self._step_offset + state.global_step,
-            "versions": _versions(),
-        }
-        self.records_path = save_records(path, self.records, meta, tracker_state)
+        if state.is_world_process_zero:
+            self.records_path = self.history.write(path, self.rows, asdict(self.config), pending or {}, state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
         pending = self._merged_pending(args)
@@ -502,43 +424,12 @@ class LearnTracker(TrainerCallback):
         self._write(args, state, self._records_dir(args), pending)
 
     def _restore(self, args, state):
-        candidates = []
-        if isinstance(getattr(args, "resume_from_checkpoint", None), str):
-            candidates.append(Path(args.resume_from_checkpoint))
-        candidates.append(Path(args.output_dir) / f"checkpoint-{state.global_step}")
-        for folder in candidates:
-            saved = load_tracker_state(folder / RECORDS_DIRNAME)
-            if saved is not None and saved.get("global_step") == state.global_step:
-                break
-        else:
+        saved, folders = checkpoint_state(args, state.global_step)
+        if saved is None:
             warnings.warn(
                 f"LearnTracker: resuming at step {state.global_step} but no tracker state was saved with the checkpoint "
-                f"(looked in {', '.join(map(str, candidates))}); records start at this step",
+                f"(looked in {', '.join(map(str, folders))}); records start at this step",
                 stacklevel=3,
             )
             return
-        if saved["row_hashes"] != self.rows.hashes or saved["row_names"] != self.rows.names:
-            changed = {n for n, _ in set(zip(saved["row_names"], saved["row_hashes"])) ^ set(zip(self.rows.names, self.rows.hashes))}
-            raise ValueError(
-                f"LearnTracker: the tracked dataset changed since checkpoint {folder} was saved; rows added, removed "
-                f"or edited: {_names(sorted(changed)) or '(same rows, another order)'}. Resume with the same data and settings."
-            )
-        self._counter = saved["counter"]
-        self._step_offset = saved["step_offset"]
-        self._run = saved["run"]
-        self._pending = saved["pending"]
-        self._events = saved["events"]
-        self._observed[:] = self._learned_last[:] = self._learned_ever[:] = False
-        for ev in self._events:
-            self._observed[ev["idx"]] = True
-            self._learned_last[ev["idx"]] = ev["exact"]
-            self._learned_ever[ev["idx"]] |= ev["exact"]
-
-
-def _versions() -> dict:
-    import transformers
-    import trl
-
-    import hf_ilp
-
-    return {"hf_ilp": hf_ilp.__version__, "transformers": transformers.__version__, "trl": trl.__version__, "schema_version": SCHEMA_VERSION}
+        self._pending = self.history.load_state(saved, self.rows, folders[0])

@@ -48,8 +48,9 @@ def run(tmp_path_factory):
         tracker = LearnTracker(config=LearnTrackerConfig(log_samples=RECORD_ROWS))
         args = sft_args(tmp / "out", num_train_epochs=EPOCHS, per_device_train_batch_size=8,
                         report_to=["tensorboard", *OPTIONAL], run_name="ilp-loggers", project="ilp-tests")
-        trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer,
-                             callbacks=[tracker])
+        trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
+        tracker.trainer = trainer
+        trainer.add_callback(tracker)
         trainer.train()  # the tracker sends the records at its end
         report = diagnose(trainer.model, base, tokenizer, rows, tracker.records,
                           config=DiagnoserConfig(encoder="lexical", progress=False))

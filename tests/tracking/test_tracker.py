@@ -14,6 +14,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from hf_ilp import LearnTracker, LearnTrackerConfig, check_learned, load_records
 from hf_ilp.tracking.learn_check import tokenize_rows
+from hf_ilp.training import bind_trainer
 from tests.tracking.conftest import make_rows, sft_args
 
 FLOAT_COLUMNS = ("nll", "token_acc", "p_gold")
@@ -51,8 +52,7 @@ def test_training_pass_statistics_equal_learn_check(trainer_kind, half_trained, 
     tracker = LearnTracker(dataset=rows if trainer_kind == "sft_full_loss" else None, config=LearnTrackerConfig(every_n_steps=2))
     if trainer_kind.startswith("sft"):
         args = sft_args(tmp_path, learning_rate=0.0, num_train_epochs=1, completion_only_loss=trainer_kind == "sft")
-        trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=word_tokenizer,
-                             callbacks=[reader, tracker])
+        trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=word_tokenizer, callbacks=[reader])
     else:  # transformers.Trainer on tokenized rows: the hook reads the logits
         tok = tokenize_rows(rows, word_tokenizer)
         data = Dataset.from_dict({"input_ids": tok.ids,
@@ -60,7 +60,9 @@ def test_training_pass_statistics_equal_learn_check(trainer_kind, half_trained, 
         args = TrainingArguments(output_dir=str(tmp_path), learning_rate=0.0, num_train_epochs=1, per_device_train_batch_size=16,
                                  report_to="none", disable_tqdm=True, logging_steps=1, use_cpu=True)
         trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorForLanguageModeling(pad_token_id=0),
-                          callbacks=[reader, tracker])
+                          callbacks=[reader])
+    tracker.trainer = trainer  # TRL's convention: the callback is given its trainer, then added to it
+    trainer.add_callback(tracker)
     trainer.train()
     records = load_records(tmp_path)
     assert len(records) == len(rows)
@@ -93,8 +95,9 @@ def test_sequential_stages_observe_every_row(given, make_model, word_tokenizer, 
     tracker = LearnTracker(dataset=data if given else None)
     for stage in (0, 1):
         part = data.filter(lambda r: r["stage"] == stage)
-        SFTTrainer(model=model, args=sft_args(tmp_path / f"stage-{stage}", num_train_epochs=2, per_device_train_batch_size=4),
-                   train_dataset=part, processing_class=word_tokenizer, callbacks=[tracker]).train()
+        bind_trainer(SFTTrainer(model=model, args=sft_args(tmp_path / f"stage-{stage}", num_train_epochs=2,
+                                                           per_device_train_batch_size=4),
+                                train_dataset=part, processing_class=word_tokenizer, callbacks=[tracker])).train()
     records = load_records(tmp_path / "stage-1")
     assert records["id"] == data["id"] and records["stage"] == data["stage"]
     for r in records:
@@ -126,13 +129,15 @@ def test_fork_continues_the_history_after_the_stages(extra_rows, make_model, wor
     tracker = LearnTracker(dataset=data, config=LearnTrackerConfig(records_dir=str(tmp_path / "records")))
     for stage in (0, 1):
         part = data.filter(lambda r: r["stage"] == stage)
-        SFTTrainer(model=model, args=sft_args(tmp_path / f"stage-{stage}", num_train_epochs=1, per_device_train_batch_size=4),
-                   train_dataset=part, processing_class=word_tokenizer, callbacks=[tracker]).train()
+        bind_trainer(SFTTrainer(model=model, args=sft_args(tmp_path / f"stage-{stage}", num_train_epochs=1,
+                                                           per_device_train_batch_size=4),
+                                train_dataset=part, processing_class=word_tokenizer, callbacks=[tracker])).train()
     before = tracker.records
     fork = tracker.fork()
     extra = data.select(extra_rows).rename_column("stage", "source_stage")
-    SFTTrainer(model=model, args=sft_args(tmp_path / "extra", num_train_epochs=1, per_device_train_batch_size=4),
-               train_dataset=extra, processing_class=word_tokenizer, callbacks=[fork]).train()
+    assert fork.trainer is None  # the copy serves the next run's trainer, not the last stage's
+    bind_trainer(SFTTrainer(model=model, args=sft_args(tmp_path / "extra", num_train_epochs=1, per_device_train_batch_size=4),
+                            train_dataset=extra, processing_class=word_tokenizer, callbacks=[fork])).train()
     after = fork.records
     _assert_same_records(tracker.records, before)  # the original is untouched
     assert after["id"] == before["id"]
@@ -151,8 +156,8 @@ def test_fork_continues_the_history_after_the_stages(extra_rows, make_model, wor
 def test_a_mixed_run_without_earlier_stages_has_no_stage(make_model, word_tokenizer, tmp_path):
     data = make_rows(n_items=4, stages=True)
     tracker = LearnTracker(dataset=data)
-    SFTTrainer(model=make_model(), args=sft_args(tmp_path, num_train_epochs=1, per_device_train_batch_size=4),
-               train_dataset=data, processing_class=word_tokenizer, callbacks=[tracker]).train()
+    bind_trainer(SFTTrainer(model=make_model(), args=sft_args(tmp_path, num_train_epochs=1, per_device_train_batch_size=4),
+                            train_dataset=data, processing_class=word_tokenizer, callbacks=[tracker])).train()
     assert {s for r in tracker.records["obs_stage"] for s in r} == {-1}
 
 
@@ -165,19 +170,27 @@ class _Crash(TrainerCallback):
             raise KeyboardInterrupt("simulated interruption")
 
 
+def _tracked(tracker, callbacks=(), **kwargs):
+    """An SFTTrainer with `tracker`, added as TRL's callbacks are: given the trainer, then added to it."""
+    trainer = SFTTrainer(callbacks=list(callbacks), **kwargs)
+    trainer.add_callback(tracker)
+    tracker.trainer = trainer
+    return trainer
+
+
 def test_resume_yields_the_uninterrupted_records(make_model, word_tokenizer, rows, tmp_path):
     config = LearnTrackerConfig(every_n_steps=2)
     kwargs = dict(num_train_epochs=3, save_strategy="steps", save_steps=4)  # 3 steps per epoch: save mid-epoch
     straight = tmp_path / "straight"
-    SFTTrainer(model=make_model(), args=sft_args(straight, **kwargs), train_dataset=rows, processing_class=word_tokenizer,
-               callbacks=[LearnTracker(dataset=rows, config=config)]).train()
+    _tracked(LearnTracker(dataset=rows, config=config), model=make_model(), args=sft_args(straight, **kwargs),
+             train_dataset=rows, processing_class=word_tokenizer).train()
     resumed = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        SFTTrainer(model=make_model(), args=sft_args(resumed, **kwargs), train_dataset=rows, processing_class=word_tokenizer,
-                   callbacks=[LearnTracker(dataset=rows, config=config), _Crash(at_step=6)]).train()
+        _tracked(LearnTracker(dataset=rows, config=config), [_Crash(at_step=6)], model=make_model(),
+                 args=sft_args(resumed, **kwargs), train_dataset=rows, processing_class=word_tokenizer).train()
     assert (resumed / "checkpoint-4" / "hf_ilp_records" / "meta.json").is_file()
-    trainer = SFTTrainer(model=make_model(seed=5), args=sft_args(resumed, **kwargs), train_dataset=rows,
-                         processing_class=word_tokenizer, callbacks=[LearnTracker(dataset=rows, config=config)])
+    trainer = _tracked(LearnTracker(dataset=rows, config=config), model=make_model(seed=5), args=sft_args(resumed, **kwargs),
+                       train_dataset=rows, processing_class=word_tokenizer)
     trainer.train(resume_from_checkpoint=str(resumed / "checkpoint-4"))
     a, b = load_records(straight), load_records(resumed)
     # one training-pass observation per epoch (at the 2-step mark or the epoch end), then the final check
@@ -188,32 +201,56 @@ def test_resume_yields_the_uninterrupted_records(make_model, word_tokenizer, row
     # a dataset changed between save and resume is refused, naming the rows
     changed = rows.map(lambda r: {"completion": r["completion"] + " val1"} if r["id"] == "item3-color" else {})
     with pytest.raises(ValueError, match=r"edited: item3-color\. "):
-        SFTTrainer(model=make_model(), args=sft_args(resumed, **kwargs), train_dataset=changed,
-                   processing_class=word_tokenizer, callbacks=[LearnTracker(dataset=changed, config=config)]
-                   ).train(resume_from_checkpoint=str(resumed / "checkpoint-4"))
+        _tracked(LearnTracker(dataset=changed, config=config), model=make_model(), args=sft_args(resumed, **kwargs),
+                 train_dataset=changed, processing_class=word_tokenizer
+                 ).train(resume_from_checkpoint=str(resumed / "checkpoint-4"))
 
 
 def test_bad_setups_are_named(make_model, word_tokenizer, rows, tmp_path):
     with pytest.raises(ValueError, match="packing=False"):
-        SFTTrainer(model=make_model(), args=sft_args(tmp_path, packing=True, max_length=32), train_dataset=rows,
-                   processing_class=word_tokenizer, callbacks=[LearnTracker()]).train()
+        _tracked(LearnTracker(), model=make_model(), args=sft_args(tmp_path, packing=True, max_length=32), train_dataset=rows,
+                 processing_class=word_tokenizer).train()
     dup_ids = rows.map(lambda r, k: {"id": "same" if k < 2 else r["id"]}, with_indices=True)
     with pytest.raises(ValueError, match="duplicates.*same"):
-        SFTTrainer(model=make_model(), args=sft_args(tmp_path, max_steps=1), train_dataset=dup_ids,
-                   processing_class=word_tokenizer, callbacks=[LearnTracker(dataset=dup_ids)]).train()
+        _tracked(LearnTracker(dataset=dup_ids), model=make_model(), args=sft_args(tmp_path, max_steps=1), train_dataset=dup_ids,
+                 processing_class=word_tokenizer).train()
     # identical rows share a record; a row truncated to no completion is not observed: both named
     long_prompt = {"id": "too-long", "prompt": "what is the color of " + " ".join(["item1"] * 40) + " ?", "completion": " val1"}
     twin = dict(rows[0], id="twin-of-item0")
     data = Dataset.from_list(list(rows.select(range(14))) + [twin, long_prompt])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        SFTTrainer(model=make_model(), args=sft_args(tmp_path, max_steps=1, max_length=20), train_dataset=data,
-                   processing_class=word_tokenizer, callbacks=[LearnTracker(dataset=data)]).train()
+        _tracked(LearnTracker(dataset=data), model=make_model(), args=sft_args(tmp_path, max_steps=1, max_length=20),
+                 train_dataset=data, processing_class=word_tokenizer).train()
     text = " ".join(str(w.message) for w in caught)
     assert "twin-of-item0" in text and "item0-color" in text and "too-long" in text
     records = load_records(tmp_path)
     row = records[records["id"].index("too-long")]
     assert row["n_completion_tokens"] == 0 and row["obs_kind"] == [] and row["first_learned_step"] == -1
+
+
+def test_a_tracker_serves_the_trainer_it_is_given(make_model, word_tokenizer, rows, tmp_path):
+    """Given another trainer than the one training (a shared tracker not passed on), it says so; not
+    given one, it still finds it (the deprecated call-stack lookup, with a FutureWarning) and
+    records what the explicit form records, ids from the trainer's prepared set included."""
+    tracker = LearnTracker()
+    idle = SFTTrainer(model=make_model(), args=sft_args(tmp_path / "idle", max_steps=1), train_dataset=rows,
+                      processing_class=word_tokenizer, callbacks=[tracker])
+    training = SFTTrainer(model=make_model(), args=sft_args(tmp_path / "stale", max_steps=1), train_dataset=rows,
+                          processing_class=word_tokenizer, callbacks=[tracker])
+    tracker.trainer = idle
+    with pytest.raises(ValueError, match=r"`tracker\.trainer` is not the trainer that is training"):
+        training.train()
+
+    explicit = LearnTracker()
+    _tracked(explicit, model=make_model(), args=sft_args(tmp_path / "explicit", max_steps=2), train_dataset=rows,
+             processing_class=word_tokenizer).train()
+    with pytest.warns(FutureWarning, match=r"LearnTracker\(trainer=trainer\)"):
+        SFTTrainer(model=make_model(), args=sft_args(tmp_path / "looked_up", max_steps=2), train_dataset=rows,
+                   processing_class=word_tokenizer, callbacks=[LearnTracker()]).train()
+    a, b = load_records(tmp_path / "explicit"), load_records(tmp_path / "looked_up")
+    assert sorted(a["id"]) == sorted(rows["id"])
+    _assert_same_records(a, b)
 
 
 @pytest.mark.slow

@@ -24,7 +24,8 @@ if __name__ == "__main__":
     rows = make_rows()
     model = tiny_model(tokenizer, seed=0, hidden_size=48)
     args = sft_args(out, num_train_epochs=3, per_device_train_batch_size=per_device, save_strategy="steps", save_steps=4, use_cpu=True)
-    tracker = LearnTracker(config=LearnTrackerConfig(every_n_steps=2, batch_size=7))
-    SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer, callbacks=[tracker]).train()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
+    trainer.add_callback(LearnTracker(config=LearnTrackerConfig(every_n_steps=2, batch_size=7), trainer=trainer))
+    trainer.train()
     if torch.distributed.is_initialized():  # close gloo before the interpreter exits, not during its teardown
         torch.distributed.destroy_process_group()
