@@ -138,7 +138,7 @@ def long_rows(world, model, n=64, length=32, epochs=20, seed=0):
     decoding really runs for about 32 tokens); a copy of `model` is fine-tuned on the rows.
     """
     rng = np.random.default_rng(seed)
-    vocab = [w for w in world.tokenizer.get_vocab() if w not in world.tokenizer.all_special_tokens]
+    vocab = sorted(w for w in world.tokenizer.get_vocab() if w not in world.tokenizer.all_special_tokens)  # a fixed order
     prompts = world.train.select(range(min(n, len(world.train))))["prompt"]
     rows = []
     for k, prompt in enumerate(prompts):
