@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from hf_ilp.diagnosis.report import CAUSES, UNEXPLAINED
+from hf_ilp.reporting import clip_text  # noqa: F401 (public here too)
 
 #: One colour per verdict, kept fixed so that every figure and card reads the same way.
 COLORS = {
@@ -90,12 +91,6 @@ def _num(row, name):
         return None
     value = float(value)
     return value if np.isfinite(value) else None
-
-
-def clip_text(text, limit=60) -> str:
-    """`text` on one line, cut to `limit` characters with an ellipsis."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def plot_report(report, out_dir) -> dict:

@@ -1,73 +1,14 @@
-"""What leaves this machine: secrets and local paths are scrubbed from what is shared, and a
-text about to be published is refused if one is left.
+"""The privacy rules (`hf_ilp.privacy`) and what they make of a diagnosis report.
 
-Used by everything that sends a diagnosis elsewhere: the `report_to` loggers, the HTML page, the
-model card and the Hub push.
-
-- `publishable(report)`: the report with its summary scrubbed (`scrub`);
-- `scrub(value)`: secret-named keys dropped, Hub tokens redacted, local paths cut to their last part;
-- `assert_no_secrets(text, what)`: a ValueError naming `what` if `text` holds a Hub token, the home
-  or working folder, or any of `extra`.
+- `publishable(report)`: the report with its summary scrubbed (`scrub`); its samples are shared.
+- `scrub`, `assert_no_secrets`, `redacted`, `looks_like_path`, `finite`, `TOKEN_RE`: from `hf_ilp.privacy`,
+  the rules every room that publishes follows (the tracker's records go to the loggers too).
 """
 
-import math
-import os
-import re
-from pathlib import Path
-
+from hf_ilp.privacy import REDACTED, TOKEN_RE, assert_no_secrets, finite, looks_like_path, redacted, scrub  # noqa: F401
 from hf_ilp.diagnosis.report import DiagnosisReport
 
 
 def publishable(report: DiagnosisReport) -> DiagnosisReport:
     """The same report with its summary scrubbed of secrets and local paths (samples shared)."""
     return DiagnosisReport(samples=report.samples, summary=scrub(report.summary), plots=dict(report.plots))
-
-
-TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
-_SECRET_KEY_RE = re.compile(r"(^|[_-])(token|secret|password|passwd|api[_-]?key|credentials?)$", re.I)
-
-
-def scrub(value):
-    """Drop secret-named keys, redact tokens, and reduce local paths to their last component."""
-    if isinstance(value, dict):
-        return {k: scrub(v) for k, v in value.items() if not _SECRET_KEY_RE.search(str(k))}
-    if isinstance(value, (list, tuple)):
-        return [scrub(v) for v in value]
-    if isinstance(value, float):
-        return finite(value)
-    if isinstance(value, str):
-        value = TOKEN_RE.sub("<redacted>", value)
-        if looks_like_path(value):
-            return Path(value.rstrip("/\\")).name or "<path>"
-        return value
-    return value
-
-
-def looks_like_path(value: str) -> bool:
-    """Whether `value` reads like a local file path (absolute, home-relative or ./../-relative, no spaces)."""
-    return bool(re.match(r"^(~|/|[A-Za-z]:[\\/]|\.{1,2}/)", value)) and " " not in value.strip()
-
-
-def _local_secrets(extra=()) -> list[str]:
-    """Strings that must never leave this machine: the Hub token, the home and working folders."""
-    from huggingface_hub import get_token
-
-    candidates = [get_token() or "", str(Path.home()), os.getcwd(), *map(str, extra)]
-    return [s for s in candidates if len(s) > 1]
-
-
-def assert_no_secrets(text: str, what: str, extra=()) -> None:
-    """Raise if `text` (about to be published) contains a token or a path of this machine."""
-    if TOKEN_RE.search(text):
-        raise ValueError(f"{what} contains something that looks like a Hub token; refusing to publish it")
-    for secret in _local_secrets(extra):
-        if secret in text:
-            raise ValueError(f"{what} contains a path or secret of this machine ({'a token' if secret.startswith('hf_') else 'a local path'}); refusing to publish it")
-
-
-def finite(x):
-    """`x` as a float, None for None, NaN or infinity (JSON has no NaN)."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None

@@ -376,7 +376,7 @@ class LearnTracker(TrainerCallback):
         self._write(args, state, self._records_dir(args))
         trainer, self._running = self._running, None
         if trainer is not None and args.report_to and state.is_world_process_zero:
-            from hf_ilp.diagnosis.loggers import log_records  # counts, unlearned rows and cartography
+            from hf_ilp.tracking.loggers import log_records  # counts, unlearned rows and cartography
 
             log_records(self.records, trainer, max_rows=self.config.log_samples)
 
