@@ -7,6 +7,7 @@ _EXPORTS = {
     "check_learned": "hf_ilp.tracking.learn_check",
     "SCHEMA_VERSION": "hf_ilp.tracking.records",
     "load_records": "hf_ilp.tracking.records",
+    "log_records": "hf_ilp.tracking.loggers",
     "LearnTracker": "hf_ilp.tracking.tracker",
 }
 

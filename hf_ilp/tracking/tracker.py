@@ -67,7 +67,7 @@ class LearnTracker(TrainerCallback):
     `resume_from_checkpoint`, and the shares of rows learned / forgotten / never learned go into the
     logs (`ilp/learned`, `ilp/forgotten`, `ilp/never_learned`) of every `report_to` backend; at the
     end of each run, the counts, a table of the unlearned rows and a cartography map go there too
-    (`hf_ilp.diagnosis.log_records`).
+    (`hf_ilp.tracking.loggers.log_records`).
 
     Args:
         dataset: the rows to track, in the trainer's format (prompt-completion, `messages`, or
