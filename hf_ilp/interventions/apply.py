@@ -198,17 +198,10 @@ def intervene(
     if cause not in interventions:
         raise ValueError(f"unknown cause {cause!r}; expected one of {tuple(interventions)}")
     config = config or InterventionConfig()
-    if config.inconsistency_strategy not in ("bucket", "resolve"):
-        raise ValueError(f"inconsistency_strategy must be 'bucket' or 'resolve', got {config.inconsistency_strategy!r}")
+    config.validate()  # also refused when built; again here for a config changed since
     if not (judge is None or judge == "majority" or callable(judge)):
         raise ValueError(f"judge must be None (the base model's likelihood), 'majority' or a callable "
                          f"(prompt, completions) -> index | None, got {judge!r}")
-    if config.extra_reference not in ("start", "previous"):
-        raise ValueError(f"extra_reference must be 'start' or 'previous', got {config.extra_reference!r}")
-    if isinstance(config.extra_patience, bool) or not isinstance(config.extra_patience, int) or config.extra_patience < 1:
-        raise ValueError(f"extra_patience must be an integer >= 1, got {config.extra_patience!r}")
-    if config.extra_on not in ("flagged", "all"):
-        raise ValueError(f"extra_on must be 'flagged' or 'all', got {config.extra_on!r}")
     check_report_matches(report, train_dataset, "train_dataset")
     flagged = require_flagged(report, [cause])
     intervention = interventions[cause]

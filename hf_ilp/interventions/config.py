@@ -55,3 +55,17 @@ class InterventionConfig:
                                        "the validation loss guarding the rest."})
     upsample_factor: int = field(
         default=4, metadata={"help": "Copies of each under-trained sample in every extra epoch (1: none)."})
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse a setting no intervention can use, naming it (run again by `intervene`, for a config changed since)."""
+        choices = {"inconsistency_strategy": ("bucket", "resolve"), "extra_reference": ("start", "previous"),
+                   "extra_on": ("flagged", "all")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"InterventionConfig.{name} must be {' or '.join(map(repr, allowed))}, "
+                                 f"got {getattr(self, name)!r}")
+        if isinstance(self.extra_patience, bool) or not isinstance(self.extra_patience, int) or self.extra_patience < 1:
+            raise ValueError(f"InterventionConfig.extra_patience must be an integer >= 1, got {self.extra_patience!r}")

@@ -166,6 +166,14 @@ def test_bad_input_is_refused_before_any_output(tmp_path, tokenizer, tiny_model)
     with pytest.raises(ValueError, match="extra_patience"):
         intervene("under_training", report, train, tmp_path / "o5", eval_dataset=train,
                   config=InterventionConfig(extra_patience=0), **common)
+    for bad in (dict(inconsistency_strategy="vote"), dict(extra_reference="best"), dict(extra_on="some"),
+                dict(extra_patience=True)):
+        with pytest.raises(ValueError, match=rf"InterventionConfig\.{next(iter(bad))} must be"):
+            InterventionConfig(**bad)  # refused when built, as TRL's configs refuse theirs
+    changed = InterventionConfig()
+    changed.extra_on = "some"
+    with pytest.raises(ValueError, match=r"InterventionConfig\.extra_on must be"):  # and a config changed since
+        intervene("forgetting", report, train, tmp_path / "o6", config=changed, **common)
     assert list(tmp_path.iterdir()) == []
 
 
