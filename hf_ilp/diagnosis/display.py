@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from hf_ilp.diagnosis.report import CAUSES, UNEXPLAINED
-from hf_ilp.reporting import clip_text  # noqa: F401 (public here too)
+from hf_ilp.reporting import clip_text
 
 #: One colour per verdict, kept fixed so that every figure and card reads the same way.
 COLORS = {
