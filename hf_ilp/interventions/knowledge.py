@@ -199,9 +199,9 @@ def continued_pretraining(model, tokenizer, corpus, args, callbacks=()):
 
     from trl import SFTTrainer
 
-    args = dataclasses.replace(args, dataset_text_field="text", completion_only_loss=None, packing=False)
     from hf_ilp.training import bind_trainer
 
+    args = dataclasses.replace(args, dataset_text_field="text", completion_only_loss=None, packing=False)
     trainer = bind_trainer(SFTTrainer(model=model, args=args, train_dataset=corpus.select_columns(["text"]),
                                       processing_class=tokenizer, callbacks=list(callbacks)))
     trainer.train()
